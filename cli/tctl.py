@@ -1,0 +1,29 @@
+"""tctl: the administrator's tool (users, tokens, roles, nodes, ...)."""
+
+from __future__ import annotations
+
+import argparse
+
+from trioport import __version__
+
+from ._common import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tctl", description="trioport's admin tool: manage a cluster's users, roles and nodes."
+    )
+    parser.add_argument("--version", action="version", version=f"tctl {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
