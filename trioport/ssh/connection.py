@@ -1,0 +1,612 @@
+"""The trio driver: one sans-IO :class:`~trioport.sshproto.Connection` over a trio stream.
+
+Theory of operation (trio's SSLStream rule): interact with the core, then await
+exactly one thing that makes progress, then loop. One *pump* task reads the
+stream, feeds the core, dispatches events and flushes; a *flusher* task sends what
+other tasks queued (window adjusts from readers, replies) so a reader never blocks
+on the network. Output goes out under a :class:`trio.StrictFIFOLock`; a failed or
+cancelled send marks the connection broken, because a half-sent encrypted packet
+cannot be resumed.
+
+Everything the connection starts runs in the nursery of :func:`open_ssh`, so no
+task outlives its connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..errors import (
+    ChannelOpenError,
+    ChannelOpenFailureReason,
+    ConnectionClosedError,
+    DisconnectReason,
+    LocalProtocolError,
+    ProtocolError,
+    TrioportError,
+)
+from ..sshproto import Connection, ConnectionConfig
+from ..sshproto import events as ev
+from .channel import ChannelStream
+
+__all__ = ["CompletedCommand", "SSHConnection", "SSHHandler", "open_ssh"]
+
+log = logging.getLogger("trioport.ssh")
+
+#: Bytes asked of the transport per read; large enough for a batch of packets.
+RECEIVE_SIZE = 256 * 1024
+
+ChannelHandler = Callable[[ChannelStream], Awaitable[None]]
+
+
+class SSHHandler:
+    """What a connection does with the peer's requests; the default refuses all.
+
+    Subclass and override. Every method runs in the connection's nursery; an
+    exception from a channel handler closes that channel, not the connection.
+    """
+
+    async def auth(self, conn: SSHConnection, request: ev.UserauthRequest) -> bool:
+        """Server side: accept (True) or refuse a publickey/password attempt.
+
+        For a publickey query (``signature_ok is None``) True answers PK_OK.
+        """
+        return False
+
+    async def channel_open(self, conn: SSHConnection, request: ev.ChannelOpen) -> ChannelHandler:
+        """Accept a channel by returning a coroutine function that serves it.
+
+        Raise :class:`~trioport.errors.ChannelOpenError` to refuse it.
+        """
+        raise ChannelOpenError(
+            ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+            f"{request.kind} channels are not allowed",
+        )
+
+    async def global_request(
+        self, conn: SSHConnection, request: ev.GlobalRequest
+    ) -> ev.GlobalRequestReply:
+        """Answer a global request; keepalives are answered by the connection itself."""
+        return ev.GlobalRequestReply(ok=False)
+
+    def auth_banner(self, conn: SSHConnection, banner: ev.UserauthBanner) -> None:
+        """Client side: the server sent a banner to show before authentication."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedCommand:
+    """What :meth:`SSHConnection.run` returns."""
+
+    exit_status: int | None
+    stdout: bytes
+    stderr: bytes
+    exit_signal: ev.ExitSignal | None = None
+
+
+class SSHConnection:
+    """An SSH connection over a trio stream; made by :func:`open_ssh`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        config: ConnectionConfig,
+        nursery: trio.Nursery,
+        handler: SSHHandler | None = None,
+        *,
+        rng: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.config = config
+        self.handler = handler or SSHHandler()
+        self._nursery = nursery
+        self._core = Connection(config, rng=rng or os.urandom, now=trio.current_time())
+        self._send_lock = trio.StrictFIFOLock()
+        self._flush_wanted = trio.Event()
+        self._channels: dict[int, ChannelStream] = {}
+        self._opening: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._global_replies: collections.deque[tuple[trio.Event, list[Any]]] = collections.deque()
+        self._auth_events_send, self._auth_events = trio.open_memory_channel[ev.Event](16)
+        self._kex_done = trio.Event()
+        self._closed = trio.Event()
+        self.authenticated = trio.Event()
+        self.error: BaseException | None = None
+        self.disconnect_reason: ev.Disconnect | None = None
+        self.username: str | None = None
+        self.auth_key: bytes | None = None
+        self.session_id: bytes | None = None
+        self.negotiated: dict[str, str] = {}
+        self.peer_version: str | None = None
+        self.host_key: bytes | None = None
+        self.rekeys = 0
+
+    # --- the core, for ChannelStream ---------------------------------------------
+
+    def core_send(self, event: ev.Event) -> None:
+        if self.error is not None:
+            raise trio.BrokenResourceError("SSH connection is gone") from self.error
+        self._core.send(event)
+
+    def core_send_window(self, channel: int) -> int:
+        return self._core.send_window(channel)
+
+    def core_max_packet(self, channel: int) -> int:
+        return self._core.max_packet(channel)
+
+    def core_acknowledge(self, channel: int, n: int) -> None:
+        try:
+            self._core.acknowledge_received_data(channel, n)
+        except LocalProtocolError:
+            pass  # the channel closed meanwhile
+
+    def close_channel(self, channel: int) -> None:
+        try:
+            self._core.send(ev.ChannelClose(channel=channel))
+        except (LocalProtocolError, TrioportError):
+            pass
+
+    async def flush(self) -> None:
+        """Send everything the core has queued, in order."""
+        async with self._send_lock:
+            data = self._core.data_to_send()
+            if not data:
+                return
+            if self.error is not None:
+                raise trio.BrokenResourceError("SSH connection is gone") from self.error
+            try:
+                await self.stream.send_all(data)
+            except BaseException as exc:
+                # A partly sent packet cannot be resumed: the connection is broken.
+                self._mark_broken(
+                    exc
+                    if isinstance(exc, Exception)
+                    else trio.BrokenResourceError("send cancelled")
+                )
+                raise
+
+    def flush_soon(self) -> None:
+        """Ask the flusher task to send what is queued (never blocks the caller)."""
+        self._flush_wanted.set()
+
+    # --- the pump -----------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            try:
+                await self.flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _pump(self) -> None:
+        core = self._core
+        try:
+            while True:
+                while (event := core.next_event()) is not None:
+                    await self._dispatch(event)
+                await self.flush()
+                if core.closed:
+                    break
+                timer = core.get_timer()
+                with trio.move_on_at(timer if timer is not None else math.inf) as scope:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if scope.cancelled_caught:
+                    core.handle_timer(trio.current_time())
+                    continue
+                core.receive_data(data)
+                if not data:
+                    while (event := core.next_event()) is not None:
+                        await self._dispatch(event)
+                    break
+        except ProtocolError as exc:
+            # The core queued a DISCONNECT with the reason; try to deliver it.
+            log.info("SSH connection ended: %s (%s)", exc.description, exc.code.name)
+            with trio.move_on_after(1):
+                try:
+                    await self.flush()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            self._mark_broken(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._mark_broken(exc)
+        finally:
+            if self.error is None:
+                reason = self.disconnect_reason
+                self._mark_broken(
+                    ConnectionClosedError(reason.description, reason.code)
+                    if reason is not None
+                    else ConnectionClosedError(
+                        "connection closed", DisconnectReason.CONNECTION_LOST
+                    )
+                )
+            self._nursery.cancel_scope.cancel()
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = exc
+        for chan in list(self._channels.values()):
+            chan._on_broken(exc)
+        for done, box in list(self._opening.values()):
+            box.append(exc)
+            done.set()
+        while self._global_replies:
+            done, box = self._global_replies.popleft()
+            box.append(exc)
+            done.set()
+        self._auth_events_send.close()
+        self._closed.set()
+
+    async def _dispatch(self, event: ev.Event) -> None:
+        handler = self._HANDLERS.get(type(event))
+        if handler is not None:
+            await handler(self, event)
+
+    async def _on_version(self, event: ev.VersionReceived) -> None:
+        self.peer_version = event.version
+
+    async def _on_kex_complete(self, event: ev.KexComplete) -> None:
+        self.session_id = event.session_id
+        self.negotiated = dict(event.algorithms)
+        self.host_key = event.host_key
+        if event.first:
+            self._kex_done.set()
+        else:
+            self.rekeys += 1
+
+    async def _on_disconnect(self, event: ev.Disconnect) -> None:
+        self.disconnect_reason = event
+        log.info("peer disconnected: %s (%s)", event.description, event.code)
+
+    async def _on_lost(self, event: ev.ConnectionLost) -> None:
+        pass
+
+    async def _on_auth_request(self, event: ev.UserauthRequest) -> None:
+        # Server side: the decision may need I/O (RBAC); the client waits for it.
+        try:
+            ok = await self.handler.auth(self, event)
+        except TrioportError as exc:
+            log.info("auth handler refused %s: %s", event.username, exc)
+            ok = False
+        if ok and event.method == "publickey" and event.signature_ok is None:
+            self._core.send(
+                ev.UserauthPKOk(algorithm=event.algorithm or "", public_key=event.public_key or b"")
+            )
+        elif ok:
+            self.username = event.username
+            self.auth_key = event.public_key
+            self._core.send(ev.UserauthSuccess())
+            self.authenticated.set()
+        else:
+            self._core.send(ev.UserauthFailure(methods=tuple(self.config.auth_methods)))
+
+    async def _on_auth_reply(self, event: ev.Event) -> None:
+        # Client side: hand the server's answer to authenticate().
+        if isinstance(event, ev.UserauthBanner):
+            self.handler.auth_banner(self, event)
+            return
+        if isinstance(event, ev.UserauthSuccess):
+            self.authenticated.set()
+        try:
+            self._auth_events_send.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass
+
+    async def _on_channel_open(self, event: ev.ChannelOpen) -> None:
+        self._nursery.start_soon(self._serve_channel_open, event)
+
+    async def _serve_channel_open(self, event: ev.ChannelOpen) -> None:
+        try:
+            serve = await self.handler.channel_open(self, event)
+        except ChannelOpenError as exc:
+            if self.error is None:
+                self._core.send(
+                    ev.ChannelOpenFailure(
+                        channel=event.channel, reason=int(exc.reason), description=exc.description
+                    )
+                )
+                await self._safe_flush()
+            return
+        if self.error is not None:
+            return
+        chan = ChannelStream(self, event.channel, event.kind)
+        self._channels[event.channel] = chan
+        self._core.send(ev.ChannelOpenConfirmation(channel=event.channel))
+        await self._safe_flush()
+        await self._run_channel(chan, serve)
+
+    async def _run_channel(self, chan: ChannelStream, serve: ChannelHandler) -> None:
+        try:
+            await serve(chan)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except TrioportError as exc:
+            log.info("channel %d handler failed: %s", chan.channel, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(5):
+                    await chan.aclose()
+
+    async def _on_open_reply(
+        self, event: ev.ChannelOpenConfirmation | ev.ChannelOpenFailure
+    ) -> None:
+        waiting = self._opening.pop(event.channel, None)
+        if waiting is None:
+            return
+        done, box = waiting
+        box.append(event)
+        done.set()
+
+    async def _on_channel_data(self, event: ev.ChannelData) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is not None:
+            chan._on_data(event.data, event.stream)
+
+    async def _on_channel_eof(self, event: ev.ChannelEOF) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is not None:
+            chan._on_eof()
+
+    async def _on_channel_close(self, event: ev.ChannelClose) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is not None:
+            chan._on_close()
+            if not chan._close_sent:
+                # Answer the peer's CLOSE now (RFC 4254 §5.3); the stream stays
+                # readable for what was buffered.
+                chan._close_sent = True
+                self.close_channel(event.channel)
+            self._channels.pop(event.channel, None)
+
+    async def _on_window(self, event: ev.ChannelWindowAdjusted) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is not None:
+            chan._on_window()
+
+    async def _on_channel_request(self, event: ev.ChannelRequest) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is None or not chan._on_request(event):
+            if event.want_reply:
+                self._core.send(ev.ChannelRequestReply(channel=event.channel, ok=False))
+
+    async def _on_channel_reply(self, event: ev.ChannelRequestReply) -> None:
+        chan = self._channels.get(event.channel)
+        if chan is not None:
+            chan._on_reply(event.ok)
+
+    async def _on_global_request(self, event: ev.GlobalRequest) -> None:
+        if isinstance(event.request, ev.KeepAlive):
+            reply = ev.GlobalRequestReply(ok=False)  # OpenSSH answers keepalives with failure
+        else:
+            try:
+                reply = await self.handler.global_request(self, event)
+            except TrioportError:
+                reply = ev.GlobalRequestReply(ok=False)
+        if event.want_reply:
+            self._core.send(reply)
+
+    async def _on_global_reply(self, event: ev.GlobalRequestReply) -> None:
+        if self._global_replies:
+            done, box = self._global_replies.popleft()
+            box.append(event)
+            done.set()
+
+    _HANDLERS: dict[type, Callable[[SSHConnection, Any], Awaitable[None]]] = {
+        ev.VersionReceived: _on_version,
+        ev.KexComplete: _on_kex_complete,
+        ev.Disconnect: _on_disconnect,
+        ev.ConnectionLost: _on_lost,
+        ev.UserauthRequest: _on_auth_request,
+        ev.UserauthSuccess: _on_auth_reply,
+        ev.UserauthFailure: _on_auth_reply,
+        ev.UserauthPKOk: _on_auth_reply,
+        ev.UserauthBanner: _on_auth_reply,
+        ev.UserauthInfoRequest: _on_auth_reply,
+        ev.ChannelOpen: _on_channel_open,
+        ev.ChannelOpenConfirmation: _on_open_reply,
+        ev.ChannelOpenFailure: _on_open_reply,
+        ev.ChannelData: _on_channel_data,
+        ev.ChannelEOF: _on_channel_eof,
+        ev.ChannelClose: _on_channel_close,
+        ev.ChannelWindowAdjusted: _on_window,
+        ev.ChannelRequest: _on_channel_request,
+        ev.ChannelRequestReply: _on_channel_reply,
+        ev.GlobalRequest: _on_global_request,
+        ev.GlobalRequestReply: _on_global_reply,
+    }
+
+    async def _safe_flush(self) -> None:
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _check_alive(self) -> None:
+        if self.error is not None:
+            raise trio.BrokenResourceError("SSH connection is gone") from self.error
+
+    # --- the public API -------------------------------------------------------------
+
+    async def wait_kex(self) -> None:
+        """Wait until the first key exchange is done (raises if the connection died)."""
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_close() -> None:
+                    await self._closed.wait()
+                    scope.cancel()
+
+                nursery.start_soon(watch_close)
+                await self._kex_done.wait()
+                nursery.cancel_scope.cancel()
+        if not self._kex_done.is_set():
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        exc = self.error
+        if isinstance(exc, TrioportError):
+            raise exc
+        raise trio.BrokenResourceError("SSH connection is gone") from exc
+
+    async def next_auth_event(self) -> ev.Event:
+        """Client side: the server's next answer to an authentication request."""
+        try:
+            return await self._auth_events.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self._raise_error()
+            raise AssertionError("unreachable") from None
+
+    async def send_event(self, event: ev.Event) -> None:
+        """Queue one event on the core and flush it (for authentication and tests)."""
+        self.core_send(event)
+        await self.flush()
+
+    def publickey_data_to_sign(self, username: str, algorithm: str, public_key: bytes) -> bytes:
+        return self._core.publickey_data_to_sign(username, algorithm, public_key)
+
+    async def open_channel(self, kind: str = "session", **fields: Any) -> ChannelStream:
+        """Open a channel and wait for the peer to confirm it.
+
+        Raises:
+            ChannelOpenError: the peer refused it (with its reason code).
+            trio.BrokenResourceError: the connection is gone.
+        """
+        self._check_alive()
+        channel = self._core.new_channel_id()
+        chan = ChannelStream(self, channel, kind)
+        done = trio.Event()
+        box: list[Any] = []
+        self._opening[channel] = (done, box)
+        self._channels[channel] = chan
+        self.core_send(ev.ChannelOpen(channel=channel, kind=kind, **fields))
+        await self.flush()
+        await done.wait()
+        result = box[0]
+        if isinstance(result, ev.ChannelOpenFailure):
+            self._channels.pop(channel, None)
+            raise ChannelOpenError(result.reason, result.description)
+        if isinstance(result, BaseException):
+            self._channels.pop(channel, None)
+            raise trio.BrokenResourceError("SSH connection is gone") from result
+        return chan
+
+    async def open_session(self) -> ChannelStream:
+        """Open a "session" channel (RFC 4254 §6.1)."""
+        return await self.open_channel("session")
+
+    async def global_request(
+        self, request: ev.Event, want_reply: bool = True
+    ) -> ev.GlobalRequestReply | None:
+        """Send a global request and, with ``want_reply``, return the reply."""
+        self._check_alive()
+        box: list[Any] = []
+        done = trio.Event()
+        if want_reply:
+            self._global_replies.append((done, box))
+        self.core_send(ev.GlobalRequest(request=request, want_reply=want_reply))
+        await self.flush()
+        if not want_reply:
+            return None
+        await done.wait()
+        if isinstance(box[0], BaseException):
+            raise trio.BrokenResourceError("SSH connection is gone") from box[0]
+        return box[0]
+
+    async def run(
+        self, command: str | bytes, input: bytes = b"", *, env: dict[str, str] | None = None
+    ) -> CompletedCommand:
+        """Run ``command`` in a new session channel and collect its output."""
+        if isinstance(command, str):
+            command = command.encode()
+        chan = await self.open_session()
+        async with chan:
+            for name, value in (env or {}).items():
+                await chan.request(ev.Env(name=name, value=value), want_reply=False)
+            if not await chan.request(ev.Exec(command=command)):
+                raise ChannelOpenError(
+                    ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                    "the server refused to run the command",
+                )
+            out = bytearray()
+            err = bytearray()
+
+            async def read(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+                while chunk := await stream.receive_some():
+                    into += chunk
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, chan, out)
+                nursery.start_soon(read, chan.stderr, err)
+                if input:
+                    await chan.send_all(input)
+                await chan.send_eof()
+            await chan.wait_closed()
+        return CompletedCommand(chan.exit_status, bytes(out), bytes(err), chan.exit_signal)
+
+    async def rekey(self) -> None:
+        """Start a key re-exchange now."""
+        self._check_alive()
+        self._core.rekey()
+        await self.flush()
+
+    async def disconnect(
+        self,
+        code: int = DisconnectReason.BY_APPLICATION,
+        description: str = "closed by application",
+    ) -> None:
+        """Send DISCONNECT with a reason and close the connection."""
+        if self.error is None:
+            try:
+                self._core.send(ev.Disconnect(code=code, description=description))
+            except TrioportError:
+                pass
+            with trio.move_on_after(2):
+                await self._safe_flush()
+            self._mark_broken(ConnectionClosedError(description, code))
+        await trio.aclose_forcefully(self.stream)
+        self._nursery.cancel_scope.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended, for whatever reason."""
+        await self._closed.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a task in this connection's nursery (it dies with the connection)."""
+        self._nursery.start_soon(fn, *args)
+
+
+@asynccontextmanager
+async def open_ssh(
+    stream: trio.abc.Stream,
+    config: ConnectionConfig,
+    handler: SSHHandler | None = None,
+    *,
+    rng: Callable[[int], bytes] | None = None,
+) -> AsyncIterator[SSHConnection]:
+    """Run an SSH connection over ``stream`` for the duration of the block.
+
+    The connection's tasks live in a nursery owned by this context manager; leaving
+    the block sends DISCONNECT (by application) and closes the stream.
+    """
+    async with trio.open_nursery() as nursery:
+        conn = SSHConnection(stream, config, nursery, handler, rng=rng)
+        nursery.start_soon(conn._pump)
+        nursery.start_soon(conn._flusher)
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.disconnect()
