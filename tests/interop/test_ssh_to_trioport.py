@@ -1,0 +1,271 @@
+"""OpenSSH's ``ssh`` (Debian's 9.2) against trioport's server, on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+import trio
+
+from trioport.sshproto import ConnectionConfig, HostKey, Role
+from trioport.sshproto.keys import PrivateKey
+
+from .conftest import ssh_command
+
+pytestmark = pytest.mark.interop
+
+# Algorithms OpenSSH 9.2 and trioport both implement.
+KEXES = [
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+]
+CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
+MACS = [
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+]
+
+
+async def run(cmd: list[str], stdin: bytes = b"", check: bool = True) -> trio.CompletedProcess:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            cmd, stdin=stdin, capture_stdout=True, capture_stderr=True, check=check
+        )
+
+
+def everything_enabled() -> ConnectionConfig:
+    from trioport.sshproto import config as c
+
+    return ConnectionConfig(
+        role=Role.SERVER,
+        kex_algorithms=list(c.ALL_KEX_ALGORITHMS),
+        ciphers=list(c.ALL_CIPHERS),
+        macs=list(c.ALL_MACS),
+        host_key_algorithms=list(c.ALL_HOST_KEY_ALGORITHMS),
+    )
+
+
+async def test_exec_reports_output_stderr_and_exit_status(trioport_server, user_key) -> None:
+    server = await trioport_server()
+    result = await run(
+        ssh_command(server.port, user_key.path, "echo out; echo err >&2; exit 7"), check=False
+    )
+    assert result.returncode == 7
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+
+
+async def test_strict_kex_is_negotiated(trioport_server, user_key) -> None:
+    server = await trioport_server()
+    result = await run(
+        ssh_command(server.port, user_key.path, "true", options={"LogLevel": "DEBUG1"})
+    )
+    # OpenSSH logs this only when both sides advertised kex-strict.
+    assert b"kex_input_newkeys" in result.stderr or b"strict" in result.stderr
+    assert b"kex: " in result.stderr
+
+
+@pytest.mark.parametrize("kex", KEXES)
+async def test_every_shared_kex(trioport_server, user_key, server_host_key, kex) -> None:
+    cfg = replace(everything_enabled(), host_keys=[HostKey(server_host_key)])
+    server = await trioport_server(config=cfg)
+    result = await run(
+        ssh_command(
+            server.port,
+            user_key.path,
+            "echo ok",
+            options={"KexAlgorithms": kex, "LogLevel": "DEBUG1"},
+        )
+    )
+    assert result.stdout == b"ok\n"
+    assert f"kex: algorithm: {kex}".encode() in result.stderr
+
+
+# AEAD ciphers carry their own tag, so each is tried once; CTR with every MAC.
+CIPHER_MAC_PAIRS = [(c, MACS[0]) for c in CIPHERS if "gcm" in c or "chacha" in c] + [
+    (c, m) for c in CIPHERS if c.endswith("-ctr") for m in MACS
+]
+
+
+@pytest.mark.parametrize(("cipher", "mac"), CIPHER_MAC_PAIRS)
+async def test_every_shared_cipher_and_mac(
+    trioport_server, user_key, server_host_key, cipher, mac
+) -> None:
+    cfg = replace(everything_enabled(), host_keys=[HostKey(server_host_key)])
+    server = await trioport_server(config=cfg)
+    result = await run(
+        ssh_command(
+            server.port,
+            user_key.path,
+            "echo ok",
+            options={"Ciphers": cipher, "MACs": mac, "LogLevel": "DEBUG1"},
+        )
+    )
+    assert result.stdout == b"ok\n"
+    assert f"cipher: {cipher}".encode() in result.stderr
+
+
+@pytest.mark.parametrize("key_type", ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256"])
+async def test_every_host_key_type(trioport_server, user_key, key_type) -> None:
+    key = (
+        PrivateKey.generate(key_type, bits=3072)
+        if key_type == "ssh-rsa"
+        else PrivateKey.generate(key_type)
+    )
+    cfg = replace(everything_enabled(), host_keys=[HostKey(key)])
+    server = await trioport_server(config=cfg)
+    result = await run(
+        ssh_command(server.port, user_key.path, "echo ok", options={"LogLevel": "DEBUG1"})
+    )
+    assert result.stdout == b"ok\n"
+    assert key.public.fingerprint().encode() in result.stderr
+
+
+async def test_bulk_transfer_both_ways_with_rekeys(trioport_server, user_key) -> None:
+    server = await trioport_server()
+    data = os.urandom(8 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    result = await run(
+        ssh_command(
+            server.port,
+            user_key.path,
+            "sha256sum; head -c 8388608 /dev/zero | sha256sum",
+            options={"RekeyLimit": "1M"},
+        ),
+        stdin=data,
+    )
+    lines = result.stdout.decode().split("\n")
+    assert lines[0].split()[0] == digest
+    assert lines[1].split()[0] == hashlib.sha256(b"\0" * 8 * 1024 * 1024).hexdigest()
+
+
+async def test_env_is_passed_when_accepted(trioport_server, user_key) -> None:
+    server = await trioport_server()
+    env = dict(os.environ, LANG="C.UTF-8")
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_command(server.port, user_key.path, "echo $LANG", options={"SendEnv": "LANG"}),
+            capture_stdout=True,
+            env=env,
+        )
+    assert result.stdout == b"C.UTF-8\n"
+
+
+async def test_tty_shell_sees_terminal_size(trioport_server, user_key) -> None:
+    server = await trioport_server()
+    result = await run(
+        ssh_command(server.port, user_key.path, "-tt", "stty size; exit 3"), check=False
+    )
+    assert result.returncode == 3
+    # ssh -tt without a local terminal asks for 80x24 (OpenSSH's default).
+    assert b"24 80" in result.stdout
+
+
+async def test_local_forward_through_our_server(trioport_server, user_key, nursery) -> None:
+    server = await trioport_server()
+    target = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    target_port = target.socket.getsockname()[1]
+
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data.upper())
+
+    nursery.start_soon(trio.serve_listeners, echo, [target])
+    from .conftest import free_port
+
+    local = free_port()
+    proc = await trio.lowlevel.open_process(
+        ssh_command(
+            server.port,
+            user_key.path,
+            "-N",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{target_port}",
+            options={"ExitOnForwardFailure": "yes"},
+        )
+    )
+    try:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", local)
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+            async with stream:
+                await stream.send_all(b"hello")
+                assert await stream.receive_some() == b"HELLO"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_remote_forward_through_our_server(trioport_server, user_key, nursery) -> None:
+    server = await trioport_server()
+    target = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    target_port = target.socket.getsockname()[1]
+
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data[::-1])
+
+    nursery.start_soon(trio.serve_listeners, echo, [target])
+    from .conftest import free_port
+
+    remote = free_port()
+    proc = await trio.lowlevel.open_process(
+        ssh_command(
+            server.port,
+            user_key.path,
+            "-N",
+            "-R",
+            f"127.0.0.1:{remote}:127.0.0.1:{target_port}",
+            options={"ExitOnForwardFailure": "yes"},
+        )
+    )
+    try:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", remote)
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+            async with stream:
+                await stream.send_all(b"abc")
+                assert await stream.receive_some() == b"cba"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_ssh_keyscan_lists_our_host_key(trioport_server, server_host_key) -> None:
+    server = await trioport_server()
+    result = await run(["ssh-keyscan", "-p", str(server.port), "-t", "ed25519", "127.0.0.1"])
+    assert server_host_key.public.openssh_line().split()[1].encode() in result.stdout
+
+
+async def test_wrong_key_is_refused(trioport_server, tmp_path) -> None:
+    from .conftest import write_private_key
+
+    server = await trioport_server()
+    other = write_private_key(PrivateKey.generate("ssh-ed25519"), tmp_path / "other")
+    result = await run(ssh_command(server.port, other, "true"), check=False)
+    assert result.returncode == 255
+    assert b"Permission denied (publickey)" in result.stderr
