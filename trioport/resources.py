@@ -299,6 +299,11 @@ class RoleConditions:
     rules: list[Rule] = attrs.Factory(list)
 
 
+def _at_least_a_minute(_inst: object, attr: attrs.Attribute[Any], value: dt.timedelta) -> None:
+    if value < dt.timedelta(minutes=1):
+        raise FieldError("must be at least 1m", (attr.name,))
+
+
 @attrs.define(kw_only=True)
 class RoleOptions:
     """Options a role puts on the certificates and sessions of its users.
@@ -308,7 +313,9 @@ class RoleOptions:
     zero means no idle timeout from this role.
     """
 
-    max_session_ttl: dt.timedelta = DEFAULT_MAX_SESSION_TTL
+    max_session_ttl: dt.timedelta = attrs.field(
+        default=DEFAULT_MAX_SESSION_TTL, validator=_at_least_a_minute
+    )
     forward_agent: bool = False
     port_forwarding: bool = False
     client_idle_timeout: dt.timedelta = dt.timedelta(0)
@@ -862,6 +869,29 @@ def _structure_resource(value: object, _type: object) -> Any:
     return converter.structure(value, _BY_KIND[kind])
 
 
+def attrs_structure_fn(cls: Any, **hooks: Callable[[object, object], Any]) -> Any:
+    """The converter's hook for an attrs class, refusing non-mappings politely.
+
+    Args:
+        cls: the attrs class.
+        hooks: per-attribute structure hooks that replace the type's own.
+    """
+    fn = cattrs.gen.make_dict_structure_fn(
+        cls,
+        converter,
+        _cattrs_forbid_extra_keys=True,
+        **{name: cattrs.gen.override(struct_hook=hook) for name, hook in hooks.items()},
+    )
+
+    def hook(value: object, t: object) -> Any:
+        if not isinstance(value, Mapping):
+            raise FieldError(f"expected a mapping, got {_what(value)}")
+        return fn(value, t)
+
+    return hook
+
+
+converter.register_structure_hook_factory(attrs.has, lambda cls: attrs_structure_fn(cls))
 converter.register_structure_hook(dt.datetime, _structure_datetime)
 converter.register_unstructure_hook(dt.datetime, _unstructure_datetime)
 converter.register_structure_hook(dt.timedelta, _structure_duration)
