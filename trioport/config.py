@@ -111,6 +111,8 @@ def parse_addr(
     s = text.strip()
     if not s:
         raise ValueError("expected host:port, got an empty string")
+    if "://" in s:
+        raise ValueError("expected host:port, not a URL")
     port_text: str | None = None
     if s.startswith("["):
         end = s.find("]")
