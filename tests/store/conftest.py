@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -65,8 +66,15 @@ class EtcdServer:
         return result
 
 
-def start_etcd(data_dir: Path, *, extra: tuple[str, ...] = (), scheme: str = "http") -> EtcdServer:
-    """Start etcd on free loopback ports and wait until it answers."""
+def start_etcd(
+    data_dir: Path, *, extra: tuple[str, ...] = (), tls: ssl.SSLContext | None = None
+) -> EtcdServer:
+    """Start etcd on free loopback ports and wait until it answers.
+
+    With ``tls`` the client URL is https (``extra`` must name the certificate
+    files) and ``tls`` is the client context used to probe it.
+    """
+    scheme = "https" if tls is not None else "http"
     data_dir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
         client, peer = free_port(), free_port()
@@ -94,31 +102,23 @@ def start_etcd(data_dir: Path, *, extra: tuple[str, ...] = (), scheme: str = "ht
         )
         log.close()
         server = EtcdServer(url, process, data_dir, log_path)
-        if _wait_ready(server, scheme):
+        if _wait_ready(server, tls):
             return server
         stop_etcd(server)
     raise RuntimeError(f"etcd did not start; see {log_path}:\n{log_path.read_text()[-2000:]}")
 
 
-def _wait_ready(server: EtcdServer, scheme: str) -> bool:
+def _wait_ready(server: EtcdServer, tls: ssl.SSLContext | None) -> bool:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             return False
-        if scheme != "http":
-            # TLS servers are probed by the test that started them.
-            try:
-                with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))):
-                    time.sleep(0.3)
-                    return True
-            except OSError:
-                pass
-        else:
-            try:
-                if httpx.get(server.url + "/health", timeout=1).json().get("health") == "true":
-                    return True
-            except (httpx.HTTPError, ValueError):
-                pass
+        try:
+            reply = httpx.get(server.url + "/health", timeout=1, verify=tls or True)
+            if reply.json().get("health") == "true":
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
         time.sleep(0.05)
     return False
 

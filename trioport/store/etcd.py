@@ -53,6 +53,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -172,7 +173,9 @@ class EtcdBackend:
         self._current = 0  # index of the peer to try first
         self._fanout = Fanout()
         self._background: Background | None = None
-        self._stream_lock = trio.Lock()  # held while registering a watch or publishing
+        self._start_lock = trio.Lock()  # one watch starts the stream
+        self._registering = 0  # watches between reading their revision and registering
+        self._held: list[Event] = []  # events received meanwhile
         self._stream_started = False
         self._closed = False
 
@@ -308,17 +311,23 @@ class EtcdBackend:
     ) -> AsyncIterator[trio.abc.ReceiveChannel[Event]]:
         """See :meth:`Backend.watch`."""
         checked = check_prefixes(prefixes)
-        # Under the stream's lock nothing is published between reading the
-        # revision and registering: the watch misses nothing and sees nothing older.
-        async with self._stream_lock:
-            revision = await self._revision()
-            if not self._stream_started:
-                nursery = self._background.nursery if self._background else None
-                if nursery is None:
-                    raise trio.ClosedResourceError("the backend is closed")
-                await nursery.start(self._watch_stream, revision + 1)
-                self._stream_started = True
+        # While registering, the stream holds back what it receives (see _publish).
+        self._registering += 1
+        try:
+            async with self._start_lock:
+                revision = await self._revision()
+                if not self._stream_started:
+                    nursery = self._background.nursery if self._background else None
+                    if nursery is None:
+                        raise trio.ClosedResourceError("the backend is closed")
+                    await nursery.start(self._watch_stream, revision + 1)
+                    self._stream_started = True
             channel = self._fanout.add(checked, max_pending, revision)
+        finally:
+            self._registering -= 1
+            if not self._registering and self._held:
+                held, self._held = self._held, []
+                self._fanout.publish(held)
         try:
             yield channel
         finally:
@@ -328,61 +337,96 @@ class EtcdBackend:
         self, start_revision: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Feed the fanout from one etcd watch over the whole prefix, forever."""
-        next_revision = start_revision
-        started = False
+        state = _StreamState(next_revision=start_revision)
         backoff = _BACKOFF_MIN
         while True:
             peer = self.peers[self._current]
-            request = {
-                "create_request": {
-                    "key": _b64(self._root),
-                    "range_end": _b64(range_end(self._root)),
-                    "start_revision": str(next_revision),
-                }
-            }
+            request = self._request(
+                peer + "/v3/watch",
+                {
+                    "create_request": {
+                        "key": _b64(self._root),
+                        "range_end": _b64(range_end(self._root)),
+                        "start_revision": str(state.next_revision),
+                    }
+                },
+                timeout=httpx.Timeout(self.request_timeout, read=None),
+            )
             try:
-                async with self._client.stream(
-                    "POST",
-                    peer + "/v3/watch",
-                    json=request,
-                    timeout=httpx.Timeout(self.request_timeout, read=None),
-                ) as response:
+                response = await self._client.send(request, stream=True)
+                try:
                     if response.status_code != 200:
                         await response.aread()
                         raise StoreError(f"HTTP {response.status_code}: {response.text[:200]}")
+                    # Nothing inside this loop raises or breaks: to stop, the response
+                    # is closed and the iteration ends from within httpx, so none of
+                    # httpx's nested async generators is left suspended (trio warns
+                    # about those when they are garbage collected).
                     async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        result = _watch_result(line)
-                        if result.get("created"):
-                            if not started:
-                                task_status.started()
-                                started = True
+                        if state.stop is None and self._on_watch_line(line, state, task_status):
                             backoff = _BACKOFF_MIN
-                        compacted = int(result.get("compact_revision", 0))
-                        if compacted:
-                            self._fanout.break_all(
-                                f"etcd compacted its history past revision {next_revision} "
-                                "while the watch was away; open a new watch and re-read (resync)"
-                            )
-                            next_revision = compacted
-                            break
-                        if result.get("canceled"):
-                            raise StoreError(f"etcd cancelled the watch: {result}")
-                        events = self._events(result.get("events", []))
-                        if events:
-                            async with self._stream_lock:
-                                self._fanout.publish(events)
-                            next_revision = events[-1].item.revision + 1
-            except (httpx.HTTPError, StoreError, ValueError) as exc:
-                if not started:
-                    raise BackendUnavailable(f"cannot watch etcd at {peer}: {exc!r}") from exc
-                log.info("etcd watch on %s broke (%r); resuming at %d", peer, exc, next_revision)
-            if not started:
-                raise BackendUnavailable(f"etcd at {peer} ended the watch before it began")
+                        if state.stop is not None:
+                            await response.aclose()
+                finally:
+                    await response.aclose()
+            except (httpx.HTTPError, StoreError) as exc:
+                state.stop = state.stop or repr(exc)
+            if not state.started:
+                raise BackendUnavailable(f"cannot watch etcd at {peer}: {state.stop}")
+            log.info(
+                "etcd watch on %s ended (%s); resuming at revision %d",
+                peer,
+                state.stop or "the stream closed",
+                state.next_revision,
+            )
+            state.stop = None
             self._current = (self._current + 1) % len(self.peers)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _on_watch_line(
+        self, line: str, state: _StreamState, task_status: trio.TaskStatus[None]
+    ) -> bool:
+        """Handle one watch response line; set ``state.stop`` to end the stream.
+
+        Returns True if the line shows the watch is established.
+        """
+        if not line.strip():
+            return False
+        try:
+            result = _watch_result(line)
+        except StoreError as exc:
+            state.stop = str(exc)
+            return False
+        compacted = int(result.get("compact_revision", 0))
+        if compacted:
+            self._fanout.break_all(
+                f"etcd compacted its history past revision {state.next_revision} "
+                "while the watch was away; open a new watch and re-read (resync)"
+            )
+            state.next_revision = compacted
+            state.stop = f"history compacted up to revision {compacted}"
+            return False
+        if result.get("canceled"):
+            state.stop = f"etcd cancelled the watch: {result.get('cancel_reason', result)}"
+            return False
+        established = bool(result.get("created"))
+        if established and not state.started:
+            state.started = True
+            task_status.started()
+        events = self._events(result.get("events", []))
+        if events:
+            self._publish(events)
+            state.next_revision = events[-1].item.revision + 1
+        return established
+
+    def _publish(self, events: list[Event]) -> None:
+        if self._registering:
+            # A watch is reading the revision it starts after: hold these until
+            # it is registered, so that it neither misses them nor sees older ones.
+            self._held.extend(events)
+        else:
+            self._fanout.publish(events)
 
     # --- lifetime ------------------------------------------------------------
 
@@ -477,6 +521,18 @@ class EtcdBackend:
                 return None
             return _with_revision(item, reply)
 
+    def _request(
+        self,
+        url: str,
+        body: dict[str, Any],
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Request:
+        request = self._client.build_request(
+            "POST", url, json=body, timeout=timeout or self.request_timeout
+        )
+        request.stream = _Body(request.content)
+        return request
+
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``path`` on the first peer that accepts a connection."""
         if self._closed:
@@ -486,7 +542,7 @@ class EtcdBackend:
         for _ in self.peers:
             peer = self.peers[self._current]
             try:
-                response = await self._client.post(peer + path, json=body)
+                response = await self._client.send(self._request(peer + path, body))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 refused.append(f"{peer}: {exc!r}")
                 self._current = (self._current + 1) % len(self.peers)
@@ -498,6 +554,41 @@ class EtcdBackend:
                 ) from exc
             return _reply(response, peer, path)
         raise BackendUnavailable("no etcd peer accepted a connection: " + "; ".join(refused))
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body iterated by a plain iterator rather than an async generator.
+
+    httpx's own body stream is a generator; a request that fails mid-send leaves
+    it suspended, and trio warns when such a generator is garbage collected.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data
+
+
+@attrs.define
+class _StreamState:
+    next_revision: int
+    started: bool = False
+    stop: str | None = None  # why the current connection should end
 
 
 def _mod_equals(key_b64: str, mod_revision: int) -> dict[str, Any]:

@@ -267,7 +267,7 @@ class SQLiteBackend:
             rows = await self._read(_select_events, cursor)
             if not rows:
                 return
-            if cursor and rows[0][0] > cursor + 1:
+            if rows[0][0] > cursor + 1:  # ids have no gaps, so these were pruned
                 self._fanout.break_all(
                     f"changes {cursor + 1}..{rows[0][0] - 1} were pruned from {self.path} "
                     "before this process read them; open a new watch and re-read (resync)"
