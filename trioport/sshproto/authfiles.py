@@ -222,6 +222,12 @@ _WRITE_NAMES = {
 }
 
 
+def _expiry_moment(value: str) -> datetime.datetime:
+    digits = value.rstrip("Z").ljust(14, "0")
+    moment = datetime.datetime.strptime(digits, "%Y%m%d%H%M%S")
+    return moment.replace(tzinfo=datetime.UTC)
+
+
 def _tokenize_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
     """Split leading options from ``text``; return them and the rest of the line."""
     items: list[tuple[str, str | None]] = []
@@ -353,9 +359,7 @@ class KeyOptions:
         """
         if self.expiry_time is None:
             return None
-        digits = self.expiry_time.rstrip("Z").ljust(14, "0")
-        moment = datetime.datetime.strptime(digits, "%Y%m%d%H%M%S")
-        return moment.replace(tzinfo=datetime.UTC).timestamp()
+        return _expiry_moment(self.expiry_time).timestamp()
 
     @classmethod
     def parse(cls, items: Iterable[tuple[str, str | None]]) -> KeyOptions:
@@ -418,8 +422,14 @@ class KeyOptions:
             elif name == "permitlisten":
                 listens.append(value)
             elif name == "expiry-time":
-                if not _EXPIRY.fullmatch(value):
-                    raise KeyFormatError(f"expiry-time={value!r} is not YYYYMMDD[HHMM[SS]][Z]")
+                try:
+                    if not _EXPIRY.fullmatch(value):
+                        raise ValueError(value)
+                    _expiry_moment(value)
+                except ValueError:
+                    raise KeyFormatError(
+                        f"expiry-time={value!r} is not a YYYYMMDD[HHMM[SS]][Z] date"
+                    ) from None
                 once("expiry_time", value, name)
             elif name == "tunnel":
                 if not value.isdigit() or len(value) > 9:
