@@ -183,7 +183,7 @@ async def harness(
             yield Harness(name, memory, clock)
     elif name == "sqlite":
         async with open_sqlite_backend(
-            tmp_path / "store", clock=clock, poll_interval=FAST, sweep_interval=FAST
+            tmp_path / "store.db", clock=clock, poll_interval=FAST, sweep_interval=FAST
         ) as sqlite:
             yield Harness(name, sqlite, clock)
     else:

@@ -16,15 +16,14 @@ import trio
 from tests.store.conftest import FAST, FakeClock
 from trioport.errors import BackendUnavailable, StoreError
 from trioport.store import EventType, Item, open_backend, open_sqlite_backend
-from trioport.store.sqlite import DB_FILE_NAME
 
 WRITER = """
 import sys, trio
 from trioport.store.backend import Item
 from trioport.store.sqlite import open_sqlite_backend
 
-async def main(directory):
-    async with open_sqlite_backend(directory) as db:
+async def main(path):
+    async with open_sqlite_backend(path) as db:
         i = 0
         while True:
             await db.put(Item(f"/acked/{i:08d}", b"x" * 2000 + str(i).encode()))
@@ -55,9 +54,9 @@ async def read_lines_until(stream: trio.abc.ReceiveStream, enough: int) -> bytes
 
 
 async def test_state_survives_reopen_and_revisions_keep_growing(tmp_path: Path) -> None:
-    async with open_sqlite_backend(tmp_path) as db:
+    async with open_sqlite_backend(tmp_path / "db") as db:
         first = await db.put(Item("/users/alice", b"alice", expires=2e9))
-    async with open_sqlite_backend(tmp_path) as db:
+    async with open_sqlite_backend(tmp_path / "db") as db:
         assert await db.get("/users/alice") == first
         second = await db.put(Item("/users/bob", b"bob"))
         assert second.revision > first.revision
@@ -65,11 +64,10 @@ async def test_state_survives_reopen_and_revisions_keep_growing(tmp_path: Path) 
 
 async def test_the_database_files_are_private(tmp_path: Path) -> None:
     directory = tmp_path / "data" / "backend"
-    async with open_sqlite_backend(directory) as db:
+    async with open_sqlite_backend(directory / "sqlite.db") as db:
         await db.put(Item("/ca/key", b"secret"))
         files = sorted(p.name for p in directory.iterdir())
-        assert DB_FILE_NAME in files
-        assert DB_FILE_NAME + "-wal" in files
+        assert files == ["sqlite.db", "sqlite.db-shm", "sqlite.db-wal"]
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         for name in files:
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
@@ -77,7 +75,7 @@ async def test_the_database_files_are_private(tmp_path: Path) -> None:
 
 async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE
+        [sys.executable, "-c", WRITER, str(tmp_path / "db")], stdout=subprocess.PIPE
     )
     assert process.stdout is not None
     with trio.fail_after(60):
@@ -90,22 +88,23 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     assert acknowledged == list(range(len(acknowledged)))
     assert len(acknowledged) >= 150
 
-    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    conn = sqlite3.connect(tmp_path / "db")
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
-    async with open_sqlite_backend(tmp_path) as db:
+    async with open_sqlite_backend(tmp_path / "db") as db:
         stored = {item.key: item.value for item in await db.get_range("/acked/")}
     for i in acknowledged:
         assert stored[f"/acked/{i:08d}"] == b"x" * 2000 + str(i).encode()
 
 
 async def test_a_locked_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
-    async with open_sqlite_backend(tmp_path, busy_timeout=0.2) as db:
+    path = tmp_path / "db"
+    async with open_sqlite_backend(path, busy_timeout=0.2) as db:
         await db.put(Item("/users/alice", b"v1"))
         locker = await trio.lowlevel.open_process(
-            [sys.executable, "-c", LOCKER, str(tmp_path / DB_FILE_NAME)],
+            [sys.executable, "-c", LOCKER, str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -116,10 +115,10 @@ async def test_a_locked_database_is_unavailable_not_a_crash(tmp_path: Path) -> N
                 assert await read_lines_until(locker.stdout, 1) == b"locked\n"
             with pytest.raises(BackendUnavailable, match="locked by another process") as info:
                 await db.put(Item("/users/alice", b"v2"))
-            assert str(tmp_path / DB_FILE_NAME) in str(info.value)
+            assert str(path) in str(info.value)
             # Readers do not wait for writers (WAL), and another opener still opens.
             assert (await db.get("/users/alice")).value == b"v1"
-            async with open_sqlite_backend(tmp_path, busy_timeout=0.2) as other:
+            async with open_sqlite_backend(path, busy_timeout=0.2) as other:
                 assert (await other.get("/users/alice")).value == b"v1"
         finally:
             await locker.stdin.aclose()
@@ -132,8 +131,8 @@ async def test_a_locked_database_is_unavailable_not_a_crash(tmp_path: Path) -> N
 
 async def test_watchers_see_writes_from_another_opener(tmp_path: Path) -> None:
     async with (
-        open_sqlite_backend(tmp_path, poll_interval=FAST) as watcher_side,
-        open_sqlite_backend(tmp_path) as writer_side,
+        open_sqlite_backend(tmp_path / "db", poll_interval=FAST) as watcher_side,
+        open_sqlite_backend(tmp_path / "db") as writer_side,
         watcher_side.watch(["/nodes/"]) as events,
     ):
         put = await writer_side.put(Item("/nodes/n1", b"hello"))
@@ -147,14 +146,14 @@ async def test_watchers_see_writes_from_another_opener(tmp_path: Path) -> None:
 
 async def test_expired_items_and_old_events_leave_the_file(tmp_path: Path) -> None:
     clock = FakeClock()
-    async with open_sqlite_backend(tmp_path, clock=clock, event_retention=60) as db:
+    async with open_sqlite_backend(tmp_path / "db", clock=clock, event_retention=60) as db:
         for i in range(5):
             await db.put(Item(f"/nodes/{i}", b"v", expires=clock() + 10))
         await db.put(Item("/users/alice", b"v"))
         clock.advance(120)
         assert await db.sweep() == 5
         assert await db.sweep() == 0
-    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    conn = sqlite3.connect(tmp_path / "db")
     try:
         assert conn.execute("SELECT key FROM kv").fetchall() == [(b"/users/alice",)]
         # The six puts are older than the retention; the five sweep deletions are not.
@@ -167,8 +166,8 @@ async def test_a_watcher_that_missed_pruned_events_must_resync(tmp_path: Path) -
     clock = FakeClock()
     async with (
         # This side polls only after its own writes.
-        open_sqlite_backend(tmp_path, clock=clock, poll_interval=3600) as lagging,
-        open_sqlite_backend(tmp_path, clock=clock, event_retention=1) as pruner,
+        open_sqlite_backend(tmp_path / "db", clock=clock, poll_interval=3600) as lagging,
+        open_sqlite_backend(tmp_path / "db", clock=clock, event_retention=1) as pruner,
         lagging.watch(["/"]) as events,
     ):
         for i in range(3):
@@ -181,20 +180,21 @@ async def test_a_watcher_that_missed_pruned_events_must_resync(tmp_path: Path) -
 
 
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
-    (tmp_path / DB_FILE_NAME).write_bytes(b"this is not SQLite " * 100)
-    with pytest.raises(StoreError, match=DB_FILE_NAME):
-        async with open_sqlite_backend(tmp_path):
+    (tmp_path / "db").write_bytes(b"this is not SQLite " * 100)
+    with pytest.raises(StoreError, match="not a database") as info:
+        async with open_sqlite_backend(tmp_path / "db"):
             pass
+    assert str(tmp_path / "db") in str(info.value)
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    async with open_sqlite_backend(tmp_path):
+    async with open_sqlite_backend(tmp_path / "db"):
         pass
-    conn = sqlite3.connect(tmp_path / DB_FILE_NAME, isolation_level=None)
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     conn.execute("UPDATE meta SET value = 99 WHERE name = 'schema_version'")
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
-        async with open_sqlite_backend(tmp_path):
+        async with open_sqlite_backend(tmp_path / "db"):
             pass
 
 
@@ -202,12 +202,19 @@ async def test_an_unwritable_directory_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(BackendUnavailable, match="cannot create"):
-        async with open_sqlite_backend(blocker / "store"):
+        async with open_sqlite_backend(blocker / "sub" / "db"):
             pass
 
 
 async def test_open_backend_opens_sqlite_from_a_storage_section(tmp_path: Path) -> None:
-    async with open_backend({"type": "sqlite", "path": str(tmp_path / "st")}) as db:
+    async with open_backend({"type": "sqlite", "path": str(tmp_path / "st.db")}) as db:
         await db.put(Item("/k", b"v"))
-    async with open_sqlite_backend(tmp_path / "st") as db:
+    # A missing path is backend/sqlite.db under the data directory.
+    async with open_backend({"type": "sqlite"}, data_dir=str(tmp_path / "data")) as db:
+        await db.put(Item("/k", b"w"))
+    async with open_backend(
+        {"type": "sqlite", "path": "backend/sqlite.db"}, data_dir=str(tmp_path / "data")
+    ) as db:
+        assert (await db.get("/k")).value == b"w"
+    async with open_sqlite_backend(tmp_path / "st.db") as db:
         assert (await db.get("/k")).value == b"v"

@@ -2,7 +2,7 @@
 
 Open the backend a ``storage:`` section names with :func:`open_backend`::
 
-    async with open_backend({"type": "sqlite", "path": "/var/lib/trioport"}) as backend:
+    async with open_backend({"type": "sqlite"}, data_dir="/var/lib/trioport") as backend:
         await backend.create(Item("/tokens/abc", b"...", expires=time.time() + 900))
 
 :func:`parse_storage_config` checks a section without opening anything (the
@@ -38,6 +38,7 @@ from trioport.store.sqlite import SQLiteBackend, open_sqlite_backend
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_SQLITE_PATH",
     "Backend",
     "Clock",
     "EtcdBackend",
@@ -60,9 +61,13 @@ __all__ = [
 SECTION = "storage"
 
 
+#: The SQLite file when ``storage.path`` is not given, relative to ``data_dir``.
+DEFAULT_SQLITE_PATH = os.path.join("backend", "sqlite.db")
+
+
 @attrs.frozen
 class SQLiteConfig:
-    """``storage: {type: sqlite, path: DIR}``: the database is ``DIR/backend.db``."""
+    """``storage: {type: sqlite, path: FILE}``: the SQLite database file."""
 
     path: str
 
@@ -100,9 +105,17 @@ def _string(spec: Mapping[str, Any], key: str, *, required: bool = False) -> str
 
 
 def parse_storage_config(
-    spec: Mapping[str, Any] | SQLiteConfig | EtcdConfig,
+    spec: Mapping[str, Any] | object, *, data_dir: str | None = None
 ) -> SQLiteConfig | EtcdConfig:
     """Check a ``storage:`` section and return a :class:`SQLiteConfig` or :class:`EtcdConfig`.
+
+    Args:
+        spec: the section as a mapping, strictly checked (an unknown key is an
+            error, a key set to ``None`` counts as absent); or an object with
+            the same attributes (``trioport.config.StorageConfig``), of which only
+            those its ``type`` uses are read; or an already parsed config.
+        data_dir: the process's data directory. A relative SQLite ``path`` is
+            relative to it, and a missing one is :data:`DEFAULT_SQLITE_PATH` in it.
 
     Raises:
         ConfigError: naming the bad key (``storage.type``, ``storage.peers`` ...):
@@ -112,7 +125,12 @@ def parse_storage_config(
     if isinstance(spec, SQLiteConfig | EtcdConfig):
         return spec
     if not isinstance(spec, Mapping):
-        raise _fail(f"must be a mapping, got {type(spec).__name__}", "")
+        if not hasattr(spec, "type"):
+            raise _fail(f"must be a mapping, got {type(spec).__name__}", "")
+        kind = getattr(spec, "type", None)
+        if kind not in _KEYS:
+            raise _fail(f"unknown storage type {kind!r}; expected 'sqlite' or 'etcd'", "type")
+        spec = {key: getattr(spec, key, None) for key in _KEYS[kind]}
     kind = spec.get("type")
     if kind is None:
         raise _fail("is required: 'sqlite' or 'etcd'", "type")
@@ -122,9 +140,11 @@ def parse_storage_config(
         if key not in _KEYS[kind]:
             raise _fail(f"unknown key for storage type {kind!r}", str(key))
     if kind == "sqlite":
-        path = _string(spec, "path", required=True)
-        assert path is not None
-        return SQLiteConfig(path=os.path.expanduser(path))
+        path = _string(spec, "path", required=data_dir is None)
+        path = os.path.expanduser(path or DEFAULT_SQLITE_PATH)
+        if data_dir is not None:
+            path = os.path.join(os.path.expanduser(data_dir), path)
+        return SQLiteConfig(path=path)
 
     peers = spec.get("peers")
     if isinstance(peers, str) or not isinstance(peers, list | tuple) or not peers:
@@ -165,20 +185,25 @@ def _check_tls(config: EtcdConfig) -> None:
 
 @asynccontextmanager
 async def open_backend(
-    spec: Mapping[str, Any] | SQLiteConfig | EtcdConfig, *, clock: Clock = time.time
+    spec: Mapping[str, Any] | object,
+    *,
+    data_dir: str | None = None,
+    clock: Clock = time.time,
 ) -> AsyncIterator[Backend]:
     """Open the backend a ``storage:`` section describes; close it when the block exits.
 
     Args:
         spec: the section as a mapping (``{"type": "sqlite", "path": ...}`` or
-            ``{"type": "etcd", "peers": [...], ...}``) or a parsed config.
+            ``{"type": "etcd", "peers": [...], ...}``), a ``StorageConfig``-like
+            object or a parsed config; see :func:`parse_storage_config`.
+        data_dir: what a relative or missing SQLite ``path`` is relative to.
         clock: the wall clock that decides expiry.
 
     Raises:
         ConfigError: the section is wrong (see :func:`parse_storage_config`).
         BackendUnavailable: the store cannot be opened or reached.
     """
-    config = parse_storage_config(spec)
+    config = parse_storage_config(spec, data_dir=data_dir)
     if isinstance(config, SQLiteConfig):
         async with open_sqlite_backend(config.path, clock=clock) as sqlite_backend:
             yield sqlite_backend

@@ -4,7 +4,8 @@ It speaks etcd's v3 API through etcd's JSON gateway (grpc-gateway, served under
 ``/v3/`` by etcd 3.4 and later) with :mod:`httpx`, which runs on trio through
 anyio. Keys and values travel base64-encoded; 64-bit integers travel as strings.
 The calls used: ``/v3/kv/range``, ``/v3/kv/put``, ``/v3/kv/txn``,
-``/v3/kv/deleterange``, ``/v3/lease/grant`` and the streaming ``/v3/watch``.
+``/v3/kv/deleterange``, ``/v3/lease/grant``, ``/v3/lease/revoke`` and the
+streaming ``/v3/watch``.
 
 Mapping of the contract onto etcd:
 
@@ -43,6 +44,8 @@ Mapping of the contract onto etcd:
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import json
 import logging
 import math
@@ -256,7 +259,7 @@ class EtcdBackend:
             mod, current = await self._read(expected.key)
             if current is None:
                 raise CompareFailed(f"key {expected.key!r} not found")
-            if current.value != expected.value:
+            if not hmac.compare_digest(current.value, expected.value):
                 raise CompareFailed(f"key {expected.key!r} has a different value")
             stored = await self._write_if(replace_with, mod)
             if stored is not None:
@@ -518,8 +521,15 @@ class EtcdBackend:
             except _LeaseNotFound:
                 continue
             if not reply.get("succeeded"):
+                await self._revoke(lease)
                 return None
             return _with_revision(item, reply)
+
+    async def _revoke(self, lease: int) -> None:
+        """Give back a lease no key uses (it would expire anyway; this is tidiness)."""
+        if lease:
+            with contextlib.suppress(StoreError):
+                await self._call("/v3/lease/revoke", {"ID": str(lease)})
 
     def _request(
         self,

@@ -63,12 +63,10 @@ from trioport.store.backend import (
     range_end,
 )
 
-__all__ = ["DB_FILE_NAME", "SCHEMA_VERSION", "SQLiteBackend", "open_sqlite_backend"]
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend", "open_sqlite_backend"]
 
 log = logging.getLogger(__name__)
 
-#: The database file inside the storage directory.
-DB_FILE_NAME = "backend.db"
 SCHEMA_VERSION = 1
 
 _SCHEMA = (
@@ -98,11 +96,11 @@ _Row = tuple[bytes, bytes, float | None, int]
 
 
 class SQLiteBackend:
-    """A store in ``<directory>/backend.db``; open it with :func:`open_sqlite_backend`."""
+    """A store in one SQLite file; open it with :func:`open_sqlite_backend`."""
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        path: str | os.PathLike[str],
         *,
         clock: Clock = time.time,
         busy_timeout: float = 5.0,
@@ -111,8 +109,8 @@ class SQLiteBackend:
         event_retention: float = 600.0,
     ) -> None:
         self.clock = clock
-        self.directory = os.fspath(directory)
-        self.path = os.path.join(self.directory, DB_FILE_NAME)
+        self.path = os.path.abspath(os.fspath(path))
+        self.directory = os.path.dirname(self.path)
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
@@ -306,12 +304,12 @@ class SQLiteBackend:
     # --- lifetime ------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the directory and database if needed and connect; see the module doc."""
+        """Create the database (and its directory) if needed and connect."""
         await trio.to_thread.run_sync(self._open_sync, limiter=self._write_limiter)
 
     def _open_sync(self) -> None:
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)  # no-op if it exists
             # The file holds CA keys: create it private before SQLite opens it
             # (SQLite gives its -wal and -shm files the same mode).
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -524,7 +522,7 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 @asynccontextmanager
 async def open_sqlite_backend(
-    directory: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     *,
     clock: Clock = time.time,
     busy_timeout: float = 5.0,
@@ -532,11 +530,12 @@ async def open_sqlite_backend(
     sweep_interval: float = 1.0,
     event_retention: float = 600.0,
 ) -> AsyncIterator[SQLiteBackend]:
-    """Open (creating if needed) the store in ``directory``; close it when the block exits.
+    """Open (creating if needed) the store in the SQLite file ``path``; close it on exit.
 
     Args:
-        directory: the storage directory; the database is ``directory/backend.db``.
-            Both are created private to this user (0700 and 0600).
+        path: the database file. SQLite keeps ``-wal`` and ``-shm`` files next to
+            it. A missing directory is created private to this user (0700), and
+            a new file is created 0600.
         clock: the wall clock that decides expiry.
         busy_timeout: seconds a write waits for another process's lock before
             raising BackendUnavailable.
@@ -549,7 +548,7 @@ async def open_sqlite_backend(
         StoreError: the file is not a trioport database of this schema version.
     """
     backend = SQLiteBackend(
-        directory,
+        path,
         clock=clock,
         busy_timeout=busy_timeout,
         poll_interval=poll_interval,
