@@ -26,10 +26,10 @@ owes, so the order on the wire always matches the order of the requests.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import count
 
 from ..errors import ChannelOpenFailureReason, LocalProtocolError, RemoteProtocolError
 from . import events as ev
@@ -88,6 +88,10 @@ class Channels:
         self._send = send
         self._channels: dict[int, Channel] = {}
         self._reserved: set[int] = set()
+        # Lowest-free-id allocation in O(log n): ids below _next_id that are free
+        # again sit in the heap.
+        self._next_id = 0
+        self._freed: list[int] = []
         self._our_globals: deque[m.GlobalRequest] = deque()
         self._global_replies: deque[m.Message | None] = deque()
         self.no_more_sessions = False  # the peer said it opens no more sessions
@@ -95,13 +99,26 @@ class Channels:
 
     # --- ids and windows ----------------------------------------------------------------
 
+    def _allocate(self) -> int:
+        if self._freed:
+            return heapq.heappop(self._freed)
+        if self._next_id > MAX_WINDOW:
+            raise LocalProtocolError("channel ids exhausted")
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _forget(self, chan: Channel) -> None:
+        del self._channels[chan.id]
+        heapq.heappush(self._freed, chan.id)
+
     def new_channel_id(self) -> int:
-        """Reserve the lowest free id for an outgoing :class:`~.events.ChannelOpen`."""
-        for channel_id in count():
-            if channel_id not in self._channels and channel_id not in self._reserved:
-                self._reserved.add(channel_id)
-                return channel_id
-        raise AssertionError("unreachable")
+        """Reserve the lowest free id for an outgoing :class:`~.events.ChannelOpen`.
+
+        The id stays reserved until a ChannelOpen uses it.
+        """
+        channel_id = self._allocate()
+        self._reserved.add(channel_id)
+        return channel_id
 
     def _get(self, channel_id: int) -> Channel:
         chan = self._channels.get(channel_id)
@@ -157,7 +174,7 @@ class Channels:
             chan.ours is OurChannelState.CLOSE_SENT
             and chan.theirs is TheirChannelState.CLOSE_RECEIVED
         ):
-            del self._channels[chan.id]
+            self._forget(chan)
 
     def send_event(self, event: ev.Event) -> None:
         """Encode one connection-protocol event from the driver.
@@ -173,8 +190,8 @@ class Channels:
 
     def _send_open(self, event: ev.ChannelOpen) -> None:
         cid = event.channel
-        if cid in self._channels or not 0 <= cid <= MAX_WINDOW:
-            raise LocalProtocolError(f"channel id {cid} is in use or invalid")
+        if cid not in self._reserved:
+            raise LocalProtocolError(f"channel id {cid} does not come from new_channel_id()")
         if len(self._channels) >= self.config.max_channels:
             raise LocalProtocolError("too many channels")
         if event.kind == "session" and self._we_said_no_more_sessions:
@@ -204,7 +221,7 @@ class Channels:
 
     def _send_open_failure(self, event: ev.ChannelOpenFailure) -> None:
         chan = self._answer_open(event.channel)
-        del self._channels[chan.id]
+        self._forget(chan)
         self._send(m.ChannelOpenFailure(chan.peer_id, int(event.reason), event.description))
 
     def _send_data(self, event: ev.ChannelData) -> None:
@@ -318,7 +335,7 @@ class Channels:
         if msg.kind == "session" and self.no_more_sessions:
             # OpenSSH PROTOCOL §2.2: "refuse ... and instead immediately abort".
             raise RemoteProtocolError("session channel after no-more-sessions@openssh.com")
-        cid = next(c for c in count() if c not in self._channels and c not in self._reserved)
+        cid = self._allocate()
         event = m.decode_channel_open(cid, msg.kind, msg.data)
         self._channels[cid] = Channel(
             id=cid,
@@ -346,7 +363,7 @@ class Channels:
         chan = self._channels.get(msg.recipient)
         if chan is None or chan.inbound or chan.ours is not OurChannelState.OPENING:
             raise RemoteProtocolError(f"unexpected open failure for {msg.recipient}")
-        del self._channels[chan.id]
+        self._forget(chan)
         return ev.ChannelOpenFailure(
             channel=chan.id, reason=msg.reason, description=msg.description
         )
