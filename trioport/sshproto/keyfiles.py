@@ -391,8 +391,9 @@ def _load_openssh(
         if cipher != "none":
             raise KeyFormatError(_WRONG) from None
         raise KeyFormatError(f"corrupt OpenSSH private key: {exc.description}") from None
-    # PROTOCOL.key: padding is 1, 2, 3 ... up to the block size.
-    if padding != bytes(range(1, len(padding) + 1)) or len(padding) >= _CIPHERS[cipher][2]:
+    # PROTOCOL.key: deterministic padding 1, 2, 3 ... (OpenSSH checks the bytes,
+    # not the length; cryptography's writer pads unencrypted keys to 16).
+    if any(b != (i + 1) & 0xFF for i, b in enumerate(padding)):
         raise KeyFormatError("corrupt OpenSSH private key: bad padding")
     if certificate is not None:
         raise KeyFormatError("corrupt OpenSSH private key: it holds a certificate")
