@@ -7,6 +7,8 @@ import pathlib
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trioport import config as c
 from trioport import resources as r
@@ -316,6 +318,14 @@ def test_yaml_syntax_errors_carry_their_line(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError) as info:
         c.load_config(path)
     assert info.value.line is not None and info.value.line >= 3
+
+
+@given(st.text(alphabet="teleport:auth_service\n -[]{}&*'\"#,?:0123.lstn_adr", max_size=80))
+def test_arbitrary_text_is_a_config_or_a_config_error(text: str) -> None:
+    try:
+        c.loads_config(text)
+    except ConfigError:
+        pass
 
 
 # --- addresses --------------------------------------------------------------------

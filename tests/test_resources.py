@@ -183,7 +183,7 @@ users = st.builds(
         local_auth=st.none()
         | st.builds(
             r.LocalAuth,
-            password_hash=st.none() | st.binary(max_size=60).map(lambda b: b.hex().encode()),
+            password_hash=st.none() | st.binary(max_size=30).map(lambda b: b.hex().encode()),
             totp_secret=st.none()
             | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", min_size=16),
         ),
@@ -547,6 +547,63 @@ def test_yaml_merge_keys_work_and_lines_follow_local_keys() -> None:
     # "base" is an unknown top-level key; the local logins override is reported at line 7.
     assert "m.yaml:7: spec.allow.logins[0]: expected a string" in str(info.value)
     assert "m.yaml:1: base: unknown key" in str(info.value)
+
+
+def test_deeply_nested_documents_are_refused_not_crashed() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        r.from_yaml("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        r.from_json("[" * 100_000 + "]" * 100_000)
+
+
+KEYS = ["kind", "version", "metadata", "spec", "name", "allow", "deny", "logins", "node_labels"]
+KEYS += ["rules", "options", "roles", "traits", "labels", "expires", "resources", "verbs"]
+plain_data = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["role", "user", "token", "node", "session", "event", "v1", "1h", "*"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(KEYS) | st.text(max_size=4) | st.none(), inner, max_size=5
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(plain_data)
+def test_arbitrary_data_is_a_resource_or_a_config_error(data: object) -> None:
+    try:
+        r.from_dict(data)
+    except ConfigError:
+        pass
+
+
+@given(st.text(alphabet="kind: role\n-[]{}&*!|>'\"#,?%@`~\t metadata spec0123\x85", max_size=80))
+def test_arbitrary_yaml_is_a_resource_or_a_config_error(text: str) -> None:
+    try:
+        r.from_yaml_all(text)
+    except ConfigError:
+        pass
+
+
+def test_odd_yaml_keys_are_named_in_errors() -> None:
+    with pytest.raises(ConfigError, match=r"\['None'\]: unknown key"):
+        r.from_yaml("kind: role\nmetadata: {name: a}\n~: 1\n")
+    with pytest.raises(ConfigError, match=r"metadata\['1.5'\]: unknown key"):
+        r.from_yaml("kind: role\nmetadata: {name: a, 1.5: x}\n")
+
+
+def test_line_breaking_characters_survive_a_yaml_round_trip() -> None:
+    user = r.User(
+        metadata=r.Metadata(name="u", description="a\x85b\u2028c\u2029d José"),
+        spec=r.UserSpec(traits={"x": ["\x85", "\r\n", " lead", "trail "]}),
+    )
+    assert r.from_yaml(r.to_yaml(user)) == user
 
 
 def test_several_documents_load_with_from_yaml_all_only() -> None:

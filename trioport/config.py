@@ -607,7 +607,7 @@ def apply_flags(
         ConfigError: a bad flag (its key is the flag's name), or settings that do not
             fit together.
     """
-    cfg: Config = converter.structure(converter.unstructure(config), Config)
+    cfg: Config = structure(converter.unstructure(config), Config, source="flags")
     g = cfg.teleport
     if roles is not None:
         wanted = _split(roles)

@@ -29,7 +29,6 @@ masks them.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import math
@@ -784,10 +783,8 @@ def _structure_bytes(value: object, _type: object) -> bytes:
 
 
 def _unstructure_bytes(value: bytes) -> str:
-    try:
-        return value.decode("ascii")
-    except UnicodeDecodeError:
-        return base64.b64encode(value).decode("ascii")
+    # Only bcrypt hashes are bytes, and they are ASCII; anything else is a bug, not data.
+    return value.decode("ascii")
 
 
 def _structure_selector(value: object, _type: object) -> dict[str, list[str]]:
@@ -940,16 +937,16 @@ Path = tuple[str | int, ...]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
-def format_path(path: Iterable[str | int]) -> str:
+def format_path(path: Iterable[object]) -> str:
     """``("spec", "allow", "logins", 2)`` -> ``"spec.allow.logins[2]"``."""
     out = ""
     for part in path:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
-        elif _IDENT.fullmatch(part):
+        elif isinstance(part, str) and _IDENT.fullmatch(part):
             out += f".{part}" if out else part
-        else:
-            out += f"[{part!r}]"
+        else:  # YAML keys may be anything hashable: null, true, 1.5, a date
+            out += f"[{str(part)[:32]!r}]"
     return out
 
 
@@ -1134,6 +1131,8 @@ def yaml_documents(text: str, source: str | None = None) -> list[tuple[Any, dict
         raise ConfigError(f"invalid YAML: {problem}", path=source, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=source) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", path=source) from None
     finally:
         loader.dispose()
     return docs
@@ -1175,7 +1174,7 @@ def to_yaml(obj: Any | list[Any], *, secrets: bool = False) -> str:
     return yaml.safe_dump_all(
         [to_dict(o, secrets=secrets) for o in objs],
         sort_keys=False,
-        allow_unicode=True,
+        allow_unicode=False,  # escaped: raw NEL (\x85) would not read back
         default_flow_style=False,
         explicit_start=len(objs) > 1,
     )
