@@ -398,10 +398,10 @@ class EtcdBackend:
             return False
         try:
             result = _watch_result(line)
-        except StoreError as exc:
+            compacted = int(result.get("compact_revision", 0))
+        except (StoreError, ValueError, TypeError) as exc:
             state.stop = str(exc)
             return False
-        compacted = int(result.get("compact_revision", 0))
         if compacted:
             self._fanout.break_all(
                 f"etcd compacted its history past revision {state.next_revision} "
