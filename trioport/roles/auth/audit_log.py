@@ -38,7 +38,8 @@ import logging
 import os
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
+from contextlib import aclosing
 from typing import Any, NamedTuple
 
 import trio
@@ -331,15 +332,16 @@ class AuditLog:
             day += dt.timedelta(days=1)
             if not await path.exists():
                 continue
-            async for number, raw in _lines(path):
-                event = _parse_line(raw, f"{path}:{number}")
-                if event is None or not start <= event.spec.time < end:
-                    continue
-                if wanted is not None and not ({event.spec.event, event.spec.code} & wanted):
-                    continue
-                found.append(event)
-                if limit is not None and len(found) >= limit:
-                    return found
+            async with aclosing(_lines(path)) as lines:
+                async for number, raw in lines:
+                    event = _parse_line(raw, f"{path}:{number}")
+                    if event is None or not start <= event.spec.time < end:
+                        continue
+                    if wanted is not None and not ({event.spec.event, event.spec.code} & wanted):
+                        continue
+                    found.append(event)
+                    if limit is not None and len(found) >= limit:
+                        return found
         return found
 
     async def aclose(self) -> None:
@@ -351,7 +353,7 @@ class AuditLog:
                 self._file = None
 
 
-async def _lines(path: trio.Path) -> AsyncIterator[tuple[int, bytes]]:
+async def _lines(path: trio.Path) -> AsyncGenerator[tuple[int, bytes], None]:
     """The lines of a file with their numbers, read in bounded chunks."""
     number = 0
     rest = b""

@@ -197,12 +197,12 @@ class NodeRegistry:
 
     async def reserve_identity(
         self, *, host_id: str, name: str, public_key: PublicKey, role: str
-    ) -> HostIdentity:
+    ) -> tuple[HostIdentity, bool]:
         """Bind ``host_id`` and ``name`` to ``public_key``, or confirm they already are.
 
-        Call :meth:`release_identity` if the join fails after this and this call
-        created the identity (``HostIdentity.roles`` is then just ``(role,)`` and
-        :meth:`get_identity` raised NotFound before).
+        Returns:
+            The identity, and whether this call created it. A caller whose join
+            fails afterwards calls :meth:`release_identity` if it did.
 
         Raises:
             ValueError: a malformed host id or name.
@@ -225,8 +225,8 @@ class NodeRegistry:
             if role not in existing.roles:
                 updated = attrs.evolve(existing, roles=(*existing.roles, role))
                 await self.backend.put(Item(HOSTS_PREFIX + host_id, updated.to_json()))
-                return updated
-            return existing
+                return updated, False
+            return existing, False
 
         identity = HostIdentity(
             host_id=host_id,
@@ -255,7 +255,7 @@ class NodeRegistry:
             with trio.CancelScope(shield=True):
                 await self._unreserve(reserved)
             raise
-        return identity
+        return identity, True
 
     async def _unreserve(self, keys: Sequence[str]) -> None:
         for key in keys:
