@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,7 @@ from trioport.sshproto import agent as ag
 from trioport.sshproto.certs import CertType, sign_certificate
 from trioport.sshproto.keyfiles import load_private_key
 from trioport.sshproto.keys import PrivateKey
-from trioport.sshproto.wire import string, uint32
+from trioport.sshproto.wire import mpint, string, uint32
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "keys"
 ED = load_private_key((DATA / "ed25519").read_bytes())
@@ -183,11 +184,9 @@ def test_random_payloads_raise_only_decode_errors(data) -> None:
             decode(data)
         except DecodeError:
             pass
-    state = ag.AgentState(ag.Keyring())
-    try:
-        state.handle(data, now=0)
-    except DecodeError:
-        pass
+    # The agent answers anything well framed; garbage gets FAILURE.
+    response = ag.AgentState(ag.Keyring()).handle(data, now=0)
+    assert isinstance(response, ag.Failure | ag.Success | ag.IdentitiesAnswer)
 
 
 # --- framing -------------------------------------------------------------------------
@@ -331,6 +330,19 @@ def test_confirm_constraint_asks_the_driver() -> None:
     assert ED.public.verify(response.signature, b"data")
     state.handle(ag.RemoveAllIdentities(), now=0)
     assert state.complete_confirmation(pending, True, now=0) == ag.Failure()
+
+
+def test_undecodable_requests_get_failure_not_a_crash() -> None:
+    state = ag.AgentState()
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_numbers()
+    fields = (weak.public_numbers.n, weak.public_numbers.e, weak.d, weak.iqmp, weak.p, weak.q)
+    add_weak = b"\x11" + string("ssh-rsa") + b"".join(mpint(v) for v in fields) + string(b"c")
+    with pytest.raises(DecodeError, match="1024 bits is too small"):
+        ag.decode_request(add_weak)
+    assert state.handle(add_weak, now=0) == ag.Failure()
+    assert state.handle(b"\x0d\x00", now=0) == ag.Failure()
+    assert state.handle(b"", now=0) == ag.Failure()
+    assert _listed(state) == []
 
 
 def test_unsupported_constraints_and_smartcards_are_refused() -> None:

@@ -750,18 +750,22 @@ class AgentState:
     def handle(self, request: Request | bytes, *, now: float) -> Response | ConfirmationRequired:
         """Process one request.
 
+        A payload that does not decode (say, an RSA key under 2048 bits in an ADD
+        request) is answered with FAILURE, as OpenSSH's agent does; only framing
+        errors (:class:`AgentFramer`) end a connection.
+
         Args:
             request: a decoded request, or its payload (decoded here).
             now: the current time, for lifetimes.
 
         Returns:
             The response to send, or :class:`ConfirmationRequired`.
-
-        Raises:
-            DecodeError: a payload that does not decode; end the connection.
         """
         if isinstance(request, bytes):
-            request = decode_request(request)
+            try:
+                request = decode_request(request)
+            except DecodeError:
+                return Failure()
         ring = self.keyring
         ring.expire(now)
         if self.forwarded and not isinstance(request, RequestIdentities | SignRequest):
