@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trioport.errors import ConfigError
+from trioport.errors import CertificateInvalid, ConfigError
 from trioport.resources import (
     CertAuthority,
     Metadata,
@@ -271,7 +271,7 @@ async def test_host_certificate(backend: Backend, clock: FakeClock, tmp_path: Pa
     assert checked.service_role is ServiceRole.NODE
     assert checked.cluster == CLUSTER
     # A host certificate is not trusted as a user certificate, nor by the user CA.
-    with pytest.raises(Exception, match="untrusted CA"):
+    with pytest.raises(CertificateInvalid, match="untrusted CA"):
         check_certificate(
             cert,
             cert_type=CertType.HOST,

@@ -30,7 +30,7 @@ import trio
 
 from trioport.errors import AccessDenied, AuthError, KeyFormatError, NotFound
 from trioport.resources import CertAuthority, User, mask_secret
-from trioport.sshproto.certs import Certificate, ServiceRole
+from trioport.sshproto.certs import CERTIFICATE_KEY_TYPES, Certificate, ServiceRole
 from trioport.sshproto.keys import PublicKey, public_key_from_line
 from trioport.store.backend import Backend
 
@@ -73,10 +73,21 @@ class LoginResult:
     host_ca: CertAuthority
 
 
+#: Plain key types a certificate can be made for.
+_CERTIFIABLE = frozenset(plain for plain, _fields in CERTIFICATE_KEY_TYPES.values())
+
+
 def _public_key(key: PublicKey | str) -> PublicKey:
-    if isinstance(key, PublicKey):
-        return key
-    return public_key_from_line(key)
+    """The plain public key to certify, checked before anything is spent on it.
+
+    Raises:
+        KeyFormatError: not an OpenSSH public key line, a certificate, or a type
+            that cannot be certified.
+    """
+    parsed = key if isinstance(key, PublicKey) else public_key_from_line(key)
+    if isinstance(parsed, Certificate) or parsed.key_type not in _CERTIFIABLE:
+        raise KeyFormatError(f"cannot certify a {parsed.key_type} key; send a plain public key")
+    return parsed
 
 
 @attrs.define(eq=False)
