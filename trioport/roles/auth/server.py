@@ -329,13 +329,15 @@ async def open_auth_server(
         ca = await open_cluster_authorities(backend, cluster_name, key_type=ca_key_type)
         roles = RoleStore(backend, audit)
         await roles.ensure_presets()
+        users = Users(backend, audit, roles, issuer=ca.cluster_name, bcrypt_cost=bcrypt_cost)
+        await users.prepare()
         yield AuthServer(
             backend=backend,
             cluster_name=ca.cluster_name,
             ca=ca,
             audit=audit,
             roles=roles,
-            users=Users(backend, audit, roles, issuer=ca.cluster_name, bcrypt_cost=bcrypt_cost),
+            users=users,
             tokens=JoinTokens(backend, audit, static=static_tokens, max_ttl=token_ttl),  # type: ignore[arg-type]
             nodes=NodeRegistry(
                 backend, cluster_name=ca.cluster_name, interval=heartbeat_interval, ttl=node_ttl

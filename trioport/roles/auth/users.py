@@ -236,6 +236,11 @@ class Users:
         self._limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._dummy_hash: bytes | None = None
 
+    async def prepare(self) -> None:
+        """Make the dummy bcrypt hash now, so no login attempt pays for it (and shows it)."""
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._hash(secrets.token_hex(16))
+
     # --- administration --------------------------------------------------------
 
     async def add(
@@ -646,8 +651,8 @@ class Users:
 
     async def _verify(self, password: str, stored: bytes | None) -> bool:
         if stored is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = await self._hash(secrets.token_hex(16))
+            await self.prepare()
+            assert self._dummy_hash is not None
             stored = self._dummy_hash
             real = False
         else:
