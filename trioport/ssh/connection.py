@@ -2,11 +2,12 @@
 
 Theory of operation (trio's SSLStream rule): interact with the core, then await
 exactly one thing that makes progress, then loop. One *pump* task reads the
-stream, feeds the core, dispatches events and flushes; a *flusher* task sends what
-other tasks queued (window adjusts from readers, replies) so a reader never blocks
-on the network. Output goes out under a :class:`trio.StrictFIFOLock`; a failed or
-cancelled send marks the connection broken, because a half-sent encrypted packet
-cannot be resumed.
+stream, feeds the core and dispatches events. One *flusher* task is the only
+writer: it sends, in one ``send_all``, whatever every task has queued on the core
+since its last write. A task that queued output and must wait for it (backpressure)
+waits for the flusher's write generation to pass its own; cancelling that wait
+never tears a packet in half, because the bytes stay queued. A failed write marks
+the connection broken: a half-sent encrypted packet cannot be resumed.
 
 Everything the connection starts runs in the nursery of :func:`open_ssh`, so no
 task outlives its connection.
@@ -109,13 +110,16 @@ class SSHConnection:
         self.handler = handler or SSHHandler()
         self._nursery = nursery
         self._core = Connection(config, rng=rng or os.urandom, now=trio.current_time())
-        self._send_lock = trio.StrictFIFOLock()
         self._flush_wanted = trio.Event()
+        self._queued_generation = 0
+        self._written_generation = 0
+        self._written = trio.lowlevel.ParkingLot()
         self._channels: dict[int, ChannelStream] = {}
         self._opening: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._global_replies: collections.deque[tuple[trio.Event, list[Any]]] = collections.deque()
         self._auth_events_send, self._auth_events = trio.open_memory_channel[ev.Event](16)
         self._kex_done = trio.Event()
+        self._rekeyed = trio.Event()
         self._closed = trio.Event()
         self.authenticated = trio.Event()
         self.error: BaseException | None = None
@@ -154,23 +158,22 @@ class SSHConnection:
             pass
 
     async def flush(self) -> None:
-        """Send everything the core has queued, in order."""
-        async with self._send_lock:
-            data = self._core.data_to_send()
-            if not data:
-                return
+        """Wait until everything the core has queued so far is written, in order.
+
+        Only the flusher task writes to the transport, so cancelling a caller here
+        never leaves half a packet on the wire: the bytes stay queued and go out
+        with the next batch.
+        """
+        if self.error is not None:
+            raise trio.BrokenResourceError("SSH connection is gone") from self.error
+        self._queued_generation += 1
+        target = self._queued_generation
+        self._flush_wanted.set()
+        while self._written_generation < target:
             if self.error is not None:
                 raise trio.BrokenResourceError("SSH connection is gone") from self.error
-            try:
-                await self.stream.send_all(data)
-            except BaseException as exc:
-                # A partly sent packet cannot be resumed: the connection is broken.
-                self._mark_broken(
-                    exc
-                    if isinstance(exc, Exception)
-                    else trio.BrokenResourceError("send cancelled")
-                )
-                raise
+            await self._written.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def flush_soon(self) -> None:
         """Ask the flusher task to send what is queued (never blocks the caller)."""
@@ -179,13 +182,20 @@ class SSHConnection:
     # --- the pump -----------------------------------------------------------------
 
     async def _flusher(self) -> None:
+        """The one task that writes to the transport: batches whatever is queued."""
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
-            try:
-                await self.flush()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            generation = self._queued_generation
+            data = self._core.data_to_send()
+            if data:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._mark_broken(exc)
+                    return
+            self._written_generation = generation
+            self._written.unpark_all()
 
     async def _pump(self) -> None:
         core = self._core
@@ -244,6 +254,7 @@ class SSHConnection:
             box.append(exc)
             done.set()
         self._auth_events_send.close()
+        self._written.unpark_all()
         self._closed.set()
 
     async def _dispatch(self, event: ev.Event) -> None:
@@ -262,6 +273,8 @@ class SSHConnection:
             self._kex_done.set()
         else:
             self.rekeys += 1
+            self._rekeyed.set()
+            self._rekeyed = trio.Event()
 
     async def _on_disconnect(self, event: ev.Disconnect) -> None:
         self.disconnect_reason = event
@@ -553,10 +566,28 @@ class SSHConnection:
         return CompletedCommand(chan.exit_status, bytes(out), bytes(err), chan.exit_signal)
 
     async def rekey(self) -> None:
-        """Start a key re-exchange now."""
+        """Re-exchange keys now; returns once the new keys are in use both ways.
+
+        If an exchange is already running, this waits for that one.
+        """
         self._check_alive()
+        done = self._rekeyed
         self._core.rekey()
         await self.flush()
+        await self._wait_or_closed(done)
+
+    async def _wait_or_closed(self, event: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def closed() -> None:
+                await self._closed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(closed)
+            await event.wait()
+            nursery.cancel_scope.cancel()
+        if not event.is_set():
+            self._raise_error()
 
     async def disconnect(
         self,
