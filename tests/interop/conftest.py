@@ -118,7 +118,7 @@ def sshd(
             "PermitRootLogin": "prohibit-password",
             "PasswordAuthentication": "no",
             "KbdInteractiveAuthentication": "no",
-            "LogLevel": "DEBUG1",
+            "LogLevel": "ERROR",
             "AllowTcpForwarding": "yes",
             "AcceptEnv": "LANG LC_* TRIOPORT_*",
             "Subsystem": "sftp internal-sftp",
@@ -238,8 +238,12 @@ async def splice(a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStrea
             nursery.start_soon(copy, a, b)
             nursery.start_soon(copy, b, a)
     finally:
-        await trio.aclose_forcefully(a)
-        await trio.aclose_forcefully(b)
+        # Under an outer cancellation the first close re-raises Cancelled, so the
+        # second must run in a finally of its own.
+        try:
+            await trio.aclose_forcefully(a)
+        finally:
+            await trio.aclose_forcefully(b)
 
 
 @dataclass

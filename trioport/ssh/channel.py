@@ -75,6 +75,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         self._stdout = _Inbox("receiving on")
         self._stderr = _Inbox("receiving stderr on")
         self._send_busy = _Busy("sending on")
+        self._send_extended_busy = _Busy("sending extended data on")
         self._window_lot = trio.lowlevel.ParkingLot()
         self._eof_received = False
         self._eof_sent = False
@@ -170,7 +171,9 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         await self._send(data, stream)
 
     async def _send(self, data: bytes | bytearray | memoryview, stream: int | None) -> None:
-        with self._send_busy:
+        # Ordinary and extended data are separate streams: one task may send
+        # stdout while another sends stderr, sharing the window.
+        with self._send_busy if stream is None else self._send_extended_busy:
             self._check_sendable()
             await trio.lowlevel.checkpoint()
             view = memoryview(data).cast("B")

@@ -66,7 +66,9 @@ class SSHHandler:
     async def channel_open(self, conn: SSHConnection, request: ev.ChannelOpen) -> ChannelHandler:
         """Accept a channel by returning a coroutine function that serves it.
 
-        Raise :class:`~trioport.errors.ChannelOpenError` to refuse it.
+        Raise :class:`~trioport.errors.ChannelOpenError` to refuse it. A returned
+        handler is always called exactly once, even if the connection ends first,
+        so it may own resources (a connected socket) and release them when it ends.
         """
         raise ChannelOpenError(
             ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
@@ -329,12 +331,17 @@ class SSHConnection:
                 )
                 await self._safe_flush()
             return
-        if self.error is not None:
-            return
+        # An accepted handler always runs, even if the connection died meanwhile
+        # (it then sees a broken channel), so whatever it holds is released in
+        # its own finally blocks.
         chan = ChannelStream(self, event.channel, event.kind)
+        if self.error is not None:
+            chan._on_broken(self.error)
+            await self._run_channel(chan, serve)
+            return
         self._channels[event.channel] = chan
         self._core.send(ev.ChannelOpenConfirmation(channel=event.channel))
-        await self._safe_flush()
+        self.flush_soon()
         await self._run_channel(chan, serve)
 
     async def _run_channel(self, chan: ChannelStream, serve: ChannelHandler) -> None:
@@ -344,6 +351,9 @@ class SSHConnection:
             pass
         except TrioportError as exc:
             log.info("channel %d handler failed: %s", chan.channel, exc)
+        except Exception:
+            # A bug in one channel's handler closes that channel, not the connection.
+            log.exception("channel %d handler crashed", chan.channel)
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(5):

@@ -134,6 +134,9 @@ async def handle(
                 nursery.cancel_scope.cancel()
     except (TrioportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.info("%s: connection ended: %s", source, exc)
+    except Exception:
+        # A bug must not take the listener (and everyone else's sessions) down.
+        log.exception("%s: connection crashed", source)
     finally:
         if gate is not None and counted:
             gate.release(source)

@@ -246,8 +246,8 @@ async def _run_on_pty(
         try:
             while data := await master_stream.receive_some(32768):
                 await chan.send_all(data)
-        except OSError:
-            pass  # EIO: the child side closed
+        except (trio.BrokenResourceError, OSError):
+            pass  # EIO: every process on the terminal has closed it
 
     try:
         async with trio.open_nursery() as nursery:
