@@ -128,11 +128,12 @@ def sshd(
         lines += [f"{k} {v}" for k, v in conf.items()]
         (d / "sshd_config").write_text("\n".join(lines) + "\n")
         log = d / "sshd.log"
-        process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("wb"),
-        )
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         deadline = time.monotonic() + 10
         while True:
             try:

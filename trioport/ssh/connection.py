@@ -640,14 +640,47 @@ async def open_ssh(
     """Run an SSH connection over ``stream`` for the duration of the block.
 
     The connection's tasks live in a nursery owned by this context manager; leaving
-    the block sends DISCONNECT (by application) and closes the stream.
+    the block sends DISCONNECT (by application) and closes the stream. An exception
+    from the block comes out as itself, not wrapped in an exception group.
     """
-    async with trio.open_nursery() as nursery:
-        conn = SSHConnection(stream, config, nursery, handler, rng=rng)
-        nursery.start_soon(conn._pump)
-        nursery.start_soon(conn._flusher)
-        try:
-            yield conn
-        finally:
-            with trio.CancelScope(shield=True):
-                await conn.disconnect()
+    try:
+        async with trio.open_nursery() as nursery:
+            # The connection's own tasks get a nursery of their own, so that when
+            # the connection ends it cancels them, not the caller's block: the
+            # block learns of the end from the errors its calls raise.
+            conn = await nursery.start(_run_connection, stream, config, handler, rng)
+            try:
+                yield conn
+            finally:
+                with trio.CancelScope(shield=True):
+                    await conn.disconnect()
+    except BaseExceptionGroup as group:
+        single = _only_exception(group)
+        if single is None:
+            raise
+        raise single from None
+
+
+async def _run_connection(
+    stream: trio.abc.Stream,
+    config: ConnectionConfig,
+    handler: SSHHandler | None,
+    rng: Callable[[int], bytes] | None,
+    *,
+    task_status: trio.TaskStatus[SSHConnection] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with trio.open_nursery() as tasks:
+        conn = SSHConnection(stream, config, tasks, handler, rng=rng)
+        tasks.start_soon(conn._pump)
+        tasks.start_soon(conn._flusher)
+        task_status.started(conn)
+
+
+def _only_exception(group: BaseExceptionGroup) -> BaseException | None:
+    """The one exception inside nested single-member groups, if that is all there is."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return None
