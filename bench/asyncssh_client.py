@@ -40,6 +40,7 @@ async def bulk(args: argparse.Namespace) -> None:
     chunk = bytes(1 << 20)
     async with asyncssh.connect(HOST, args.port, **_options(args)) as conn:
         start = time.perf_counter()
+        cpu0 = time.process_time()
         process = await conn.create_process(args.command, encoding=None)
         remaining = args.size
         while remaining > 0:
@@ -50,9 +51,10 @@ async def bulk(args: argparse.Namespace) -> None:
         process.stdin.write_eof()
         result = await process.wait()
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
     if result.exit_status != 0:
         raise SystemExit(f"command exited with {result.exit_status}: {result.stderr!r}")
-    emit({"seconds": seconds, "bytes": args.size})
+    emit({"seconds": seconds, "bytes": args.size, "cpu": cpu})
 
 
 async def one_setup(args: argparse.Namespace) -> float:
@@ -73,8 +75,10 @@ async def setup(args: argparse.Namespace) -> None:
             latencies.append(await one_setup(args))
 
     start = time.perf_counter()
+    cpu0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(args.parallel)))
-    emit({"latencies": latencies, "wall": time.perf_counter() - start})
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    emit({"latencies": latencies, "wall": wall, "cpu": cpu})
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ async def send(port: int, size: int) -> None:
     chunk = bytes(FRAME)
     async with await trio.open_tcp_stream(HOST, port) as stream:
         start = time.perf_counter()
+        cpu0 = time.process_time()
         counter = 0
         remaining = size
         while remaining > 0:
@@ -92,9 +93,10 @@ async def send(port: int, size: int) -> None:
         await stream.send_all(_LEN.pack(0))
         ack = await stream.receive_some(1)
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
     if ack != b"k":
         raise SystemExit("receiver did not confirm the run")
-    emit({"seconds": seconds, "bytes": size})
+    emit({"seconds": seconds, "bytes": size, "cpu": cpu})
 
 
 def main() -> None:

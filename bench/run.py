@@ -21,8 +21,10 @@ stopped before exit (see docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pathlib
+import pstats
 import pwd
 import shlex
 import statistics
@@ -67,8 +69,16 @@ def _error(exc: BaseException) -> str:
 class Bench:
     """The servers of one run and the measurements made against them."""
 
-    def __init__(self, procs: peers.Processes, work: pathlib.Path, size: int, user: str) -> None:
+    def __init__(
+        self,
+        procs: peers.Processes,
+        work: pathlib.Path,
+        size: int,
+        user: str,
+        profile_dir: pathlib.Path | None = None,
+    ) -> None:
         self.procs = procs
+        self.profile_dir = profile_dir
         self.work = work
         self.size = size
         self.user = user
@@ -87,12 +97,15 @@ class Bench:
 
     def start_servers(self) -> None:
         keys = ["--host-key", str(self.host_key.path), "--authorized-keys", str(self.authorized)]
+        trioport = ["trioport_server.py", *keys]
+        if self.profile_dir is not None:
+            trioport += ["--profile", str(self.profile_dir / "trioport-server.prof")]
         starters: dict[str, Callable[[], peers.Server]] = {
             "sshd": lambda: peers.start_sshd(
                 self.procs, self.work, self.host_key, self.authorized, self.user
             ),
             "asyncssh": lambda: self._script("asyncssh", ["asyncssh_server.py", *keys]),
-            "trioport": lambda: self._script("trioport", ["trioport_server.py", *keys]),
+            "trioport": lambda: self._script("trioport", trioport),
             "floor": lambda: self._script("floor", ["floor.py", "serve"]),
         }
         for name, start in starters.items():
@@ -138,6 +151,9 @@ class Bench:
             argv += ["--cipher", cipher, "--command", command, "--size", str(self.size)]
             if mac:
                 argv += ["--mac", mac]
+            if client == "trioport" and self.profile_dir is not None:
+                name = f"trioport-client-{server}-{view}-{cipher.split('@')[0]}.prof"
+                argv += ["--profile", str(self.profile_dir / name)]
             result = peers.run_json(argv, self.timeout)
         return self._sample(result, meter)
 
@@ -151,6 +167,9 @@ class Bench:
     @staticmethod
     def _sample(result: dict, meter: peers.CpuMeter) -> Sample:
         client_cpu, server_cpu = meter.stop()
+        # A Python client reports the CPU of its timed section (no interpreter start-up,
+        # imports or handshake); for ssh, every process it took counts.
+        client_cpu = result.get("cpu", client_cpu)
         gb = result["bytes"] / 1e9
         return Sample(result["bytes"] / result["seconds"] / 1e6, client_cpu / gb, server_cpu / gb)
 
@@ -171,6 +190,7 @@ class Bench:
             argv = [*base, "--count", str(many), "--parallel", str(PARALLEL)]
             par = peers.run_json(argv, timeout)
         client_cpu, server_cpu = meter.stop()
+        client_cpu = par.get("cpu", client_cpu)
         return SetupRow(
             median_ms=statistics.median(seq["latencies"]) * 1000,
             cps=len(par["latencies"]) / par["wall"],
@@ -233,6 +253,16 @@ def run_all(bench: Bench, args: argparse.Namespace, setup_count: int, deadline: 
     return results
 
 
+def summarize_profiles(directory: pathlib.Path, top: int = 25) -> None:
+    """Write the top functions (own CPU time) of every profile to DIR/summary.txt."""
+    out = io.StringIO()
+    for path in sorted(directory.glob("*.prof")):
+        out.write(f"===== {path.name}\n")
+        pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(top)
+    (directory / "summary.txt").write_text(out.getvalue())
+    print(f"profiles summarized in {directory / 'summary.txt'}", file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default=None, help="bulk bytes per run (default 1G)")
@@ -244,7 +274,16 @@ def main() -> int:
         "--only", default="", help="comma-separated words; run only rows naming one of them"
     )
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile (CPU time) the trioport server and bulk clients into DIR; "
+        "throughput is then lower than without",
+    )
     args = parser.parse_args()
+    profile_dir = pathlib.Path(args.profile).resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     size = parse_size(args.size) if args.size else (64 << 20 if args.quick else 1 << 30)
     setup_count = args.setup_count or (24 if args.quick else 100)
     started = time.monotonic()
@@ -260,7 +299,7 @@ def main() -> int:
     procs = peers.Processes()
     try:
         with tempfile.TemporaryDirectory(prefix="trioport-bench-") as tmp:
-            bench = Bench(procs, pathlib.Path(tmp), size, user)
+            bench = Bench(procs, pathlib.Path(tmp), size, user, profile_dir)
             bench.start_servers()
             results = run_all(bench, args, setup_count, started + args.budget)
             procs.stop_all()
@@ -276,6 +315,8 @@ def main() -> int:
         command=shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
         machine=machine,
     )
+    if profile_dir is not None:
+        summarize_profiles(profile_dir)
     report = render(results, info)
     print(report)
     pathlib.Path(args.output).write_text(report)

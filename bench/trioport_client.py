@@ -12,6 +12,7 @@ publickey auth + ``exec true`` + close. Prints ``{"latencies": [...], "wall": t}
 from __future__ import annotations
 
 import argparse
+import cProfile
 import time
 
 import trio
@@ -44,6 +45,7 @@ async def bulk(args: argparse.Namespace) -> None:
         HOST, args.port, username=args.user, signers=[key], config=_config(args)
     ) as conn:
         start = time.perf_counter()
+        cpu0 = time.process_time()
         chan = await conn.open_session()
         if not await chan.request(ev.Exec(command=args.command.encode())):
             raise SystemExit("the server refused the command")
@@ -55,10 +57,11 @@ async def bulk(args: argparse.Namespace) -> None:
         await chan.send_eof()
         await chan.wait_closed()
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
         status = chan.exit_status
     if status != 0:
         raise SystemExit(f"command exited with {status}")
-    emit({"seconds": seconds, "bytes": args.size, "negotiated": conn.negotiated})
+    emit({"seconds": seconds, "bytes": args.size, "cpu": cpu, "negotiated": conn.negotiated})
 
 
 async def one_setup(args: argparse.Namespace, key, config: ConnectionConfig) -> float:
@@ -81,10 +84,12 @@ async def setup(args: argparse.Namespace) -> None:
             latencies.append(await one_setup(args, key, config))
 
     start = time.perf_counter()
+    cpu0 = time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(args.parallel):
             nursery.start_soon(worker)
-    emit({"latencies": latencies, "wall": time.perf_counter() - start})
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    emit({"latencies": latencies, "wall": wall, "cpu": cpu})
 
 
 def main() -> None:
@@ -99,8 +104,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64 << 20)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--profile", help="write cProfile stats of the run here")
     args = parser.parse_args()
-    trio.run(bulk if args.mode == "bulk" else setup, args)
+    profile = cProfile.Profile(time.process_time) if args.profile else None
+    if profile is not None:
+        profile.enable()
+    try:
+        trio.run(bulk if args.mode == "bulk" else setup, args)
+    finally:
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import cProfile
 import pathlib
+import signal
+import time
 
 import trio
 from benchlib import HOST, SINK_COMMAND, emit
@@ -70,6 +73,11 @@ async def serve_forever(port: int, config: ConnectionConfig, handler: BenchHandl
             )
         )
         emit({"port": addresses[0][1]})
+        # SIGTERM/SIGINT end the run cleanly, so a --profile gets written.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 def main() -> None:
@@ -77,6 +85,7 @@ def main() -> None:
     parser.add_argument("--host-key", required=True)
     parser.add_argument("--authorized-keys", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--profile", help="write cProfile stats here when stopped by SIGINT")
     args = parser.parse_args()
     authorized = {
         base64.b64decode(line.split()[1])
@@ -84,7 +93,17 @@ def main() -> None:
         if line.strip()
     }
     config = ConnectionConfig(role=Role.SERVER, host_keys=[HostKey(load_key(args.host_key))])
-    trio.run(serve_forever, args.port, config, BenchHandler(authorized))
+    profile = cProfile.Profile(time.process_time) if args.profile else None
+    if profile is not None:
+        profile.enable()
+    try:
+        trio.run(serve_forever, args.port, config, BenchHandler(authorized))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
 
 
 if __name__ == "__main__":
