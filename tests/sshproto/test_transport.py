@@ -15,6 +15,7 @@ from trioport.errors import (
 from trioport.sshproto import Connection, HostKey, Role, TransportState
 from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
+from trioport.sshproto.certs import VALID_FOREVER, CertType, sign_certificate
 from trioport.sshproto.ciphers import CIPHERS, MACS
 from trioport.sshproto.kex import KEX_METHODS
 from trioport.sshproto.keys import PrivateKey
@@ -27,6 +28,7 @@ from .helpers import (
     authenticated_pair,
     cleartext_messages,
     client_config,
+    ed25519_key,
     inject,
     last_disconnect,
     make_rng,
@@ -412,3 +414,37 @@ def test_kexinit_with_wrong_guess_skips_the_guessed_packet() -> None:
     assert isinstance(server.next_event(), ev.VersionReceived)
     assert server.next_event() is None  # the bogus guessed ECDH_INIT was skipped
     assert server.state is TransportState.KEX
+
+
+def test_host_certificate_is_presented_for_cert_algorithms() -> None:
+    ca = ed25519_key("host CA")
+    cert = sign_certificate(
+        ca,
+        HOST_KEY.public,
+        cert_type=CertType.HOST,
+        key_id="node-1",
+        principals=["node-1"],
+        valid_after=0,
+        valid_before=VALID_FOREVER,
+        nonce=bytes(32),
+    )
+    seen: list[tuple[bytes, str]] = []
+
+    def verify(blob: bytes, algorithm: str) -> bool:
+        seen.append((blob, algorithm))
+        return True
+
+    pair = ConnectionPair(
+        client={"verify_host_key": verify},
+        server={"host_keys": [HostKey(HOST_KEY, cert.blob)]},
+    )
+    pair.handshake()
+    assert seen == [(cert.blob, "ssh-ed25519-cert-v01@openssh.com")]
+    assert pair.client.host_key == cert.blob
+    # A client that does not ask for certificates gets the plain key.
+    plain = ConnectionPair(
+        client={"host_key_algorithms": ["ssh-ed25519"]},
+        server={"host_keys": [HostKey(HOST_KEY, cert.blob)]},
+    )
+    plain.handshake()
+    assert plain.client.host_key == HOST_KEY.public.blob

@@ -8,12 +8,14 @@ from trioport.errors import DisconnectReason, LocalProtocolError, RemoteProtocol
 from trioport.sshproto import TransportState, wire
 from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
+from trioport.sshproto.certs import VALID_FOREVER, CertType, sign_certificate
 from trioport.sshproto.keys import PrivateKey
 
 from .helpers import (
     OTHER_KEY,
     USER_KEY,
     ConnectionPair,
+    ed25519_key,
     inject,
     publickey_request,
 )
@@ -351,3 +353,37 @@ def test_publickey_data_to_sign_is_rfc_4252_section_7() -> None:
     assert r.boolean() is True
     assert (r.text(), r.string()) == ("ssh-ed25519", b"BLOB")
     r.end()
+
+
+def test_user_certificate_is_verified_with_the_certified_key() -> None:
+    ca = ed25519_key("user CA")
+    cert = sign_certificate(
+        ca,
+        USER_KEY.public,
+        cert_type=CertType.USER,
+        key_id="alice",
+        principals=["alice"],
+        valid_after=0,
+        valid_before=VALID_FOREVER,
+        nonce=bytes(32),
+    )
+    algorithm = "ssh-ed25519-cert-v01@openssh.com"
+    pair = _ready()
+    data = pair.client.publickey_data_to_sign("alice", algorithm, cert.blob)
+    for signer in (OTHER_KEY, USER_KEY):
+        pair.client.send(
+            ev.UserauthRequest(
+                username="alice",
+                method="publickey",
+                public_key=cert.blob,
+                algorithm=algorithm,
+                signature=signer.sign(data),
+            )
+        )
+    pair.pump()
+    # Only the signature by the certified key reaches the driver, with the cert blob,
+    # for the driver to check against its CAs.
+    (request,) = _server_requests(pair)
+    assert request.public_key == cert.blob and request.algorithm == algorithm
+    assert request.signature_ok is True
+    assert pair.take(pair.client) == [ev.UserauthFailure(methods=("publickey",))]

@@ -35,6 +35,7 @@ from ..errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from . import certs  # noqa: F401 - registers the *-cert-v01 key types with parse_public_key
 from . import events as ev
 from . import messages as m
 from .channels import Channels
