@@ -185,6 +185,7 @@ def test_bad_packet_lengths(length: int) -> None:
     server.receive_data(b"SSH-2.0-x\r\n" + length.to_bytes(4, "big") + b"\x04" + bytes(64))
     server.next_event()
     _expect_disconnect(server.next_event, server)
+    assert last_disconnect(cleartext_messages(server.data_to_send())).code == PROTOCOL_ERROR
 
 
 def test_empty_payload_disconnects() -> None:
@@ -193,6 +194,7 @@ def test_empty_payload_disconnects() -> None:
     server.receive_data(b"SSH-2.0-x\r\n" + (8).to_bytes(4, "big") + b"\x07" + bytes(7))
     server.next_event()
     _expect_disconnect(server.next_event, server)
+    assert last_disconnect(cleartext_messages(server.data_to_send())).code == PROTOCOL_ERROR
 
 
 # --- after NEWKEYS: encrypted, from a real peer gone bad ------------------------------------

@@ -301,7 +301,12 @@ class Transport:
         return self._deadline
 
     def handle_timer(self, now: float) -> None:
-        """Note the time; start a re-exchange if ``rekey_seconds`` have passed."""
+        """Note the time; start a re-exchange if ``rekey_seconds`` have passed.
+
+        The core only learns the time here (and at construction), so after an
+        exchange started by the byte limit or by the peer, the next deadline counts
+        from the last time it was told: a little early, never late.
+        """
         self._now = max(self._now, now)
         timer = self.get_timer()
         if timer is not None and self._now >= timer:
