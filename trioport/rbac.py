@@ -293,18 +293,19 @@ def can_port_forward(roles: Sequence[Role]) -> bool:
     return any(r.spec.options.port_forwarding for r in roles)
 
 
-def cert_extensions(roles: Sequence[Role]) -> dict[str, str]:
+def cert_extensions(roles: Sequence[Role]) -> dict[str, None]:
     """The OpenSSH certificate extensions (PROTOCOL.certkeys §"Extensions") to grant.
 
     ``permit-pty`` always; ``permit-port-forwarding`` and ``permit-agent-forwarding``
-    when a role allows them. X11 and user rc are never granted. Values are empty
-    strings, as every standard extension's data is empty.
+    when a role allows them. X11 and user rc are never granted. Every value is
+    ``None``: these are flags with empty data, which is what
+    :func:`trioport.sshproto.certs.sign_certificate` writes for ``None``.
     """
-    ext = {"permit-pty": ""}
+    ext: dict[str, None] = {"permit-pty": None}
     if can_port_forward(roles):
-        ext["permit-port-forwarding"] = ""
+        ext["permit-port-forwarding"] = None
     if can_forward_agent(roles):
-        ext["permit-agent-forwarding"] = ""
+        ext["permit-agent-forwarding"] = None
     return dict(sorted(ext.items()))
 
 
