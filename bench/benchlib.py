@@ -139,6 +139,29 @@ def _first_line(cmd: list[str]) -> str:
     return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr) else ""
 
 
+def trioport_revision() -> str:
+    """The git commit the benchmarked trioport code is at, and whether it has local edits."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "trioport"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes under trioport/" if dirty else "")
+
+
 def machine_description() -> dict[str, str]:
     """What the numbers were measured on: CPU, cores, load, and every component's version."""
     cpu = "unknown"
@@ -174,5 +197,6 @@ def machine_description() -> dict[str, str]:
         "trio": trio.__version__,
         "asyncssh": asyncssh_version,
         "OpenSSH": _first_line([SSH, "-V"]),
+        "trioport commit": trioport_revision(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
