@@ -1,0 +1,94 @@
+"""Hostile transport input before the keys are in place: version lines and framing.
+
+Each case: a real server on loopback, one hostile connection, and a witness client
+logged in before the attack. The hostile connection must end with the right
+DISCONNECT (in cleartext: no keys exist yet) and the witness must go on working.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trioport.errors import DisconnectReason
+from trioport.sshproto import messages as m
+
+from .conftest import TIMEOUT
+from .peer import plain_packet
+
+PROTOCOL_ERROR = DisconnectReason.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "words"),
+    [
+        (b"GET / HTTP/1.1\r\n", PROTOCOL_ERROR, "expected an SSH identification line"),
+        (b"SSH-2.0-" + b"A" * 300 + b"\r\n", PROTOCOL_ERROR, "longer than 255 bytes"),
+        (b"SSH-2.0-" + b"A" * 1000, PROTOCOL_ERROR, "identification line too long"),
+        (
+            b"SSH-1.5-OpenSSH_1.2.3\r\n",
+            DisconnectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+            "protocol version not supported",
+        ),
+        (b"SSH-2.0-\x01\x02\r\n", PROTOCOL_ERROR, "not printable"),
+    ],
+    ids=["junk", "over-255-bytes", "no-end-of-line", "ssh-1.5", "control-characters"],
+)
+async def test_bad_version_line(hostile_server, line: bytes, code: int, words: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        peer.discard()  # the core's own version line and KEXINIT are never sent
+        await peer.send_raw(line)
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == code
+        assert words in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
+
+
+@pytest.mark.parametrize(
+    "length", [0, 4, 2**31, 256 * 1024 + 8, 2**32 - 8], ids=["0", "4", "2^31", "256KiB+8", "2^32-8"]
+)
+async def test_bad_packet_length(hostile_server, length: int) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.send_version()
+        # Only the length and a few bytes: the server must refuse without waiting
+        # for (or allocating) the rest.
+        await peer.send_raw(length.to_bytes(4, "big") + b"\x04" + bytes(11))
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == PROTOCOL_ERROR
+        assert f"Bad packet length {length}" in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
+
+
+@pytest.mark.parametrize(
+    ("packet", "words"),
+    [
+        # padding_length >= packet_length: it would eat the payload and more.
+        (plain_packet(bytes(m.Ignore(b"x" * 6)), padding_length=20), "Corrupted padlen 20"),
+        (plain_packet(bytes(m.Ignore(b"x" * 6)), padding_length=255), "Corrupted padlen 255"),
+        # RFC 4253 §6: at least four bytes of padding.
+        (plain_packet(bytes(m.Ignore(b"x" * 6)), padding_length=3), "Corrupted padlen 3"),
+        (plain_packet(bytes(m.Ignore(b"x" * 6)), padding_length=0), "Corrupted padlen 0"),
+        # Not a multiple of the block size (8 before NEWKEYS).
+        (plain_packet(bytes(m.Ignore(b"x" * 6)), packet_length=17)[:21], "padding error"),
+        # Only the padding_length byte and padding: no message number at all.
+        ((12).to_bytes(4, "big") + b"\x0b" + bytes(11), "packet without a message number"),
+    ],
+    ids=["padlen>len", "padlen-255", "padlen-3", "padlen-0", "unaligned", "empty-payload"],
+)
+async def test_bad_padding(hostile_server, packet: bytes, words: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.send_version()
+        await peer.send_raw(packet)
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == PROTOCOL_ERROR
+        assert words in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
