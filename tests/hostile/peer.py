@@ -31,7 +31,7 @@ server's number for one of our channels (:meth:`HostilePeer.remote_channel`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import trio
 
@@ -39,9 +39,10 @@ from trioport.sshproto import Connection, ConnectionConfig, Role, TransportState
 from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
 from trioport.sshproto.ciphers import none_protection
-from trioport.sshproto.keys import PrivateKey
+from trioport.sshproto.keys import PrivateKey, signature_algorithm_for
 
 __all__ = [
+    "POSITIONS",
     "HostilePeer",
     "kexinit",
     "plain_packet",
@@ -50,6 +51,25 @@ __all__ = [
 #: Our identification line when a test writes its own.
 VERSION_LINE = b"SSH-2.0-Hostile_1.0\r\n"
 _NONE = none_protection()
+
+#: Where :meth:`HostilePeer.goto` can stop, in protocol order:
+#:
+#: - ``before-kexinit``: our version line sent, nothing else (cleartext);
+#: - ``kex``: our strict-KEX KEXINIT sent (cleartext);
+#: - ``kex-not-strict``: a KEXINIT without the strict-KEX marker sent (cleartext);
+#: - ``kex-window``: the server sent NEWKEYS, we did not (we still send cleartext);
+#: - ``service``: keys in place both ways, no SERVICE_REQUEST sent (encrypted);
+#: - ``userauth``: ssh-userauth accepted, not logged in (encrypted);
+#: - ``connected``: logged in as mallory (encrypted).
+POSITIONS = (
+    "before-kexinit",
+    "kex",
+    "kex-not-strict",
+    "kex-window",
+    "service",
+    "userauth",
+    "connected",
+)
 
 
 def plain_packet(
@@ -117,6 +137,8 @@ class HostilePeer:
         self.drop: set[int] = set()
         self.dropped: list[bytes] = []
         self.eof = False
+        #: True until our NEWKEYS went out: :meth:`send_message` then writes cleartext.
+        self.cleartext = True
         transport = self.conn._transport
         self._seal = transport._write  # the original: seal with current keys and seqnr
 
@@ -182,6 +204,14 @@ class HostilePeer:
             self._seal(payload)
         await self.flush()
 
+    async def send_message(self, *payloads: bytes) -> None:
+        """Send payloads as the current state allows a liar to: cleartext packets
+        before our NEWKEYS, sealed with the current keys after it."""
+        if self.cleartext:
+            await self.send_raw(b"".join(plain_packet(p) for p in payloads))
+        else:
+            await self.inject(*payloads)
+
     async def send_event(self, event: ev.Event) -> None:
         """Send an event through the core (its state checks apply)."""
         self.conn.send(event)
@@ -245,6 +275,7 @@ class HostilePeer:
     async def handshake(self) -> None:
         """Version exchange and the first key exchange, answered by the core."""
         await self.until(lambda: bool(self.seen(ev.KexComplete)), answer=True)
+        self.cleartext = False
 
     async def to_kex_window(self) -> None:
         """Stop inside the first key exchange, after the server's NEWKEYS, before ours.
@@ -277,7 +308,7 @@ class HostilePeer:
             method="publickey",
             public_key=key.public.blob,
             algorithm=algorithm,
-            signature=key.sign(data, algorithm),
+            signature=key.sign(data, signature_algorithm_for(algorithm)),
         )
         await self.send_event(request)
         await self.until(
@@ -294,6 +325,31 @@ class HostilePeer:
         assert ev.ChannelOpenConfirmation(channel=cid) in self.events, self.events
         return cid
 
+    async def goto(self, position: str, key: PrivateKey | None = None) -> None:
+        """Bring the connection to one of :data:`POSITIONS`, ready for a hostile message.
+
+        ``connected`` logs in as ``mallory`` with ``key``.
+        """
+        if position == "before-kexinit":
+            await self.send_version()
+        elif position == "kex":
+            await self.flush()
+        elif position == "kex-not-strict":
+            await self.send_version()
+            await self.send_raw(plain_packet(kexinit(strict=False)))
+        elif position == "kex-window":
+            await self.to_kex_window()
+        elif position == "service":
+            self.drop.add(m.MsgId.SERVICE_REQUEST)
+            await self.handshake()
+        elif position == "userauth":
+            await self.userauth_state()
+        elif position == "connected":
+            assert key is not None
+            await self.authenticate("mallory", key)
+        else:
+            raise ValueError(position)
+
     def _answered(self, cid: int) -> bool:
         return any(
             isinstance(e, ev.ChannelOpenConfirmation | ev.ChannelOpenFailure) and e.channel == cid
@@ -306,8 +362,3 @@ class HostilePeer:
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
-
-
-def payloads_of(messages: Iterable[m.Message]) -> list[bytes]:
-    """Encode typed messages into payloads for :meth:`HostilePeer.inject`."""
-    return [bytes(msg) for msg in messages]
