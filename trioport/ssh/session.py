@@ -48,6 +48,10 @@ class SessionPolicy:
     subsystems: Mapping[str, SubsystemHandler] = field(default_factory=dict)
     #: If set, run this instead of any shell, exec or subsystem (certificate force-command).
     force_command: str | None = None
+    #: ``auth-agent-req@openssh.com``: set up agent forwarding for the session and
+    #: return the socket path for ``SSH_AUTH_SOCK`` (None refuses); None refuses all.
+    #: See :func:`trioport.ssh.agent.session_agent_forwarding`.
+    agent_forwarding: Callable[[ChannelStream], Awaitable[str | None]] | None = None
     cwd: str | None = None
     user: str | int | None = None
     group: str | int | None = None
@@ -69,6 +73,7 @@ async def serve_session(chan: ChannelStream, policy: SessionPolicy | None = None
     policy = policy or SessionPolicy()
     env: dict[str, str] = {}
     pty: ev.PtyRequest | None = None
+    agent_socket: str | None = None
     while (req := await chan.next_request()) is not None:
         request = req.request
         if isinstance(request, ev.Env):
@@ -81,6 +86,11 @@ async def serve_session(chan: ChannelStream, policy: SessionPolicy | None = None
             if ok:
                 pty = request
             await chan.reply(req, ok)
+        elif isinstance(request, ev.AgentForwarding):
+            path = None
+            if policy.agent_forwarding is not None and agent_socket is None:
+                path = agent_socket = await policy.agent_forwarding(chan)
+            await chan.reply(req, path is not None)
         elif isinstance(request, ev.Shell | ev.Exec):
             command = (
                 None
@@ -88,13 +98,19 @@ async def serve_session(chan: ChannelStream, policy: SessionPolicy | None = None
                 else request.command.decode("utf-8", "surrogateescape")
             )
             if policy.force_command is not None:
+                if command is not None:
+                    env["SSH_ORIGINAL_COMMAND"] = command  # as sshd does
                 command = policy.force_command
+            if agent_socket is not None:
+                env["SSH_AUTH_SOCK"] = agent_socket
             await chan.reply(req, True)
             await run_process_on_channel(chan, command, policy, env, pty)
             return
         elif isinstance(request, ev.Subsystem):
             handler = policy.subsystems.get(request.name)
             if policy.force_command is not None:
+                if agent_socket is not None:
+                    env["SSH_AUTH_SOCK"] = agent_socket
                 await chan.reply(req, True)
                 await run_process_on_channel(chan, policy.force_command, policy, env, pty)
                 return
