@@ -115,10 +115,11 @@ class Bed:
 
         return await self.nursery.start(run)
 
-    def nothing_ran(self) -> None:
-        """Mallory never logged in, no channel was considered for anyone but the
-        witness, and the marker a pre-auth exec would create does not exist."""
-        assert "mallory" not in self.handler.logins
+    def nothing_ran(self, *, logged_in: bool = False) -> None:
+        """Mallory never logged in (unless the test logged her in), no channel was
+        considered for anyone but the witness, and the marker a hostile exec would
+        create does not exist."""
+        assert ("mallory" in self.handler.logins) is logged_in
         assert all(user == "witness" for user, _ in self.handler.opens), self.handler.opens
         assert not self.marker.exists()
 
