@@ -24,11 +24,13 @@ the permissions, which :func:`session_policy_for` turns into the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from ..errors import AuthenticationFailed, CertificateInvalid, DecodeError, HostKeyNotVerifiable
 from ..sshproto import certs  # also registers the certificate key types
@@ -47,12 +49,15 @@ from ..sshproto.certs import (
     CertType,
 )
 from ..sshproto.keys import PublicKey, parse_public_key
-from .connection import SSHConnection
-from .session import SessionPolicy
+from .agent import session_agent_forwarding
+from .channel import ChannelStream
+from .connection import SSHConnection, SSHHandler
+from .session import SessionPolicy, serve_session
 
 __all__ = [
     "HostKeyPolicy",
     "UserCertificateChecker",
+    "UserCertificateHandler",
     "peer_address",
     "session_policy_for",
 ]
@@ -321,3 +326,78 @@ def session_policy_for(result: CertificateCheckResult, base: SessionPolicy) -> S
         allow_pty=base.allow_pty and result.permit_pty,
         agent_forwarding=base.agent_forwarding if result.permit_agent_forwarding else None,
     )
+
+
+class UserCertificateHandler(SSHHandler):
+    """A server handler that logs users in by certificate and enforces what it says.
+
+    Authentication accepts only user certificates that pass ``checker`` (the
+    decision is made on the key that signed; a query is answered the same way).
+    Session channels are served by
+    :func:`~trioport.ssh.session.serve_session` with ``policy`` narrowed by the
+    certificate (:func:`session_policy_for`): force-command, permit-pty and, when
+    ``agent_forwarding`` is on, permit-agent-forwarding. Other channel kinds are
+    refused. Subclass to add more.
+
+    Args:
+        checker: which CAs and principals to accept.
+        policy: the session policy before the certificate narrows it.
+        agent_forwarding: serve ``auth-agent-req@openssh.com`` with a per-session
+            socket (:func:`~trioport.ssh.agent.session_agent_forwarding`).
+    """
+
+    def __init__(
+        self,
+        checker: UserCertificateChecker,
+        policy: SessionPolicy | None = None,
+        *,
+        agent_forwarding: bool = False,
+    ) -> None:
+        self.checker = checker
+        self.policy = policy or SessionPolicy()
+        self.agent_forwarding = agent_forwarding
+        #: The most recent refusal reasons, newest last (for logs and tests).
+        self.refusals: collections.deque[str] = collections.deque(maxlen=32)
+        self._results: weakref.WeakKeyDictionary[SSHConnection, CertificateCheckResult] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def result_for(self, conn: SSHConnection) -> CertificateCheckResult | None:
+        """The certificate check that logged ``conn`` in (``None`` before login)."""
+        return self._results.get(conn)
+
+    async def auth(self, conn: SSHConnection, request: ev.UserauthRequest) -> bool:
+        try:
+            result = self.checker.check(request, peer_address=peer_address(conn))
+        except (CertificateInvalid, AuthenticationFailed) as exc:
+            reason = f"{request.username}: {exc}"
+            self.refusals.append(reason)
+            log.info("certificate refused: %s", reason)
+            return False
+        if request.signature_ok:
+            self._results[conn] = result
+            log.info(
+                "%s logged in with certificate %r (serial %d)",
+                request.username,
+                result.key_id,
+                result.certificate.serial,
+            )
+        return True
+
+    def session_policy(self, conn: SSHConnection) -> SessionPolicy:
+        """The policy for ``conn``'s sessions."""
+        result = self._results.get(conn)
+        if result is None:  # the core never opens channels before authentication
+            raise AuthenticationFailed("no certificate login on this connection")
+        base = self.policy
+        if self.agent_forwarding:
+            base = dataclasses.replace(base, agent_forwarding=session_agent_forwarding(conn))
+        return session_policy_for(result, base)
+
+    async def channel_open(
+        self, conn: SSHConnection, request: ev.ChannelOpen
+    ) -> Callable[[ChannelStream], Awaitable[None]]:
+        if request.kind != "session":
+            return await super().channel_open(conn, request)
+        policy = self.session_policy(conn)
+        return lambda chan: serve_session(chan, policy)
