@@ -115,12 +115,16 @@ class Bed:
 
         return await self.nursery.start(run)
 
-    def nothing_ran(self, *, logged_in: bool = False) -> None:
-        """Mallory never logged in (unless the test logged her in), no channel was
-        considered for anyone but the witness, and the marker a hostile exec would
-        create does not exist."""
+    def nothing_ran(self, *, logged_in: bool = False, sessions: int = 0) -> None:
+        """Nothing happened for mallory beyond what the test did legitimately.
+
+        She never logged in (unless ``logged_in``), the handler was asked for no
+        channel by an unauthenticated connection and for exactly ``sessions``
+        channels by her, and the marker a hostile exec would create does not exist.
+        """
         assert ("mallory" in self.handler.logins) is logged_in
-        assert all(user == "witness" for user, _ in self.handler.opens), self.handler.opens
+        assert self.handler.opens_by(None) == []
+        assert self.handler.opens_by("mallory") == ["session"] * sessions
         assert not self.marker.exists()
 
 

@@ -249,6 +249,20 @@ class HostilePeer:
         if answer:
             await self.flush()
 
+    async def wait_for(
+        self, predicate: Callable[[ev.Event], bool], *, answer: bool = False
+    ) -> ev.Event:
+        """Read until an event *arriving from now on* matches ``predicate``; return it."""
+        start = len(self.events)
+
+        def match() -> ev.Event | None:
+            return next((e for e in self.events[start:] if predicate(e)), None)
+
+        await self.until(lambda: match() is not None, answer=answer)
+        event = match()
+        assert event is not None
+        return event
+
     def seen(self, kind: type[ev.Event]) -> list[ev.Event]:
         """The events of one type received so far."""
         return [e for e in self.events if isinstance(e, kind)]
@@ -321,9 +335,28 @@ class HostilePeer:
         """Open a session channel through the core; returns our channel id."""
         cid = self.conn.new_channel_id()
         await self.send_event(ev.ChannelOpen(channel=cid, kind="session"))
-        await self.until(lambda: self._answered(cid), answer=True)
-        assert ev.ChannelOpenConfirmation(channel=cid) in self.events, self.events
+        answer = await self.wait_for(
+            lambda e: (
+                isinstance(e, ev.ChannelOpenConfirmation | ev.ChannelOpenFailure)
+                and e.channel == cid
+            ),
+            answer=True,
+        )
+        assert answer == ev.ChannelOpenConfirmation(channel=cid), answer
         return cid
+
+    async def exec(self, command: bytes, cid: int | None = None) -> bytes:
+        """Run ``command`` on a (new) session channel; its stdout once the channel closed."""
+        if cid is None:
+            cid = await self.open_session()
+        start = len(self.events)
+        await self.send_event(ev.ChannelRequest(channel=cid, request=ev.Exec(command=command)))
+        await self.wait_for(lambda e: e == ev.ChannelClose(channel=cid), answer=True)
+        return b"".join(
+            e.data
+            for e in self.events[start:]
+            if isinstance(e, ev.ChannelData) and e.channel == cid and e.stream is None
+        )
 
     async def goto(self, position: str, key: PrivateKey | None = None) -> None:
         """Bring the connection to one of :data:`POSITIONS`, ready for a hostile message.
@@ -349,12 +382,6 @@ class HostilePeer:
             await self.authenticate("mallory", key)
         else:
             raise ValueError(position)
-
-    def _answered(self, cid: int) -> bool:
-        return any(
-            isinstance(e, ev.ChannelOpenConfirmation | ev.ChannelOpenFailure) and e.channel == cid
-            for e in self.events
-        )
 
     def remote_channel(self, cid: int) -> int:
         """The server's number for our channel ``cid`` (what our messages must name)."""

@@ -14,7 +14,6 @@ import pytest
 import trio
 
 from trioport.errors import DisconnectReason
-from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
 from trioport.sshproto import wire
 
@@ -79,9 +78,6 @@ async def test_exec_after_auth_does_run(hostile_server, keys) -> None:
         bed = await hostile_server()
         peer = await bed.peer()
         await peer.goto("connected", keys.mallory)
-        cid = await peer.open_session()
-        command = f"touch {bed.marker}".encode()
-        await peer.send_event(ev.ChannelRequest(channel=cid, request=ev.Exec(command=command)))
-        await peer.until(lambda: ev.ChannelClose(channel=cid) in peer.events, answer=True)
+        await peer.exec(f"touch {bed.marker}".encode())
         assert bed.marker.exists()
         assert bed.handler.opens_by("mallory") == ["session"]
