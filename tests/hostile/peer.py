@@ -126,6 +126,7 @@ class HostilePeer:
     - ``events``: every event the core emitted, in order.
     - ``drop``: message numbers the core's own output may not contain.
     - ``dropped``: the payloads withheld because of ``drop``.
+    - ``written``: the payloads the core sealed (its own output, not injections).
     - ``eof``: the server closed the connection.
     """
 
@@ -136,6 +137,8 @@ class HostilePeer:
         self.events: list[ev.Event] = []
         self.drop: set[int] = set()
         self.dropped: list[bytes] = []
+        #: Every payload the core sealed (sent or still in the outbox), injections excluded.
+        self.written: list[bytes] = []
         self.eof = False
         #: True until our NEWKEYS went out: :meth:`send_message` then writes cleartext.
         self.cleartext = True
@@ -146,6 +149,7 @@ class HostilePeer:
             if payload[0] in self.drop:
                 self.dropped.append(payload)
                 return
+            self.written.append(payload)
             self._seal(payload)
 
         transport._write = write  # type: ignore[method-assign]
@@ -262,6 +266,10 @@ class HostilePeer:
         event = match()
         assert event is not None
         return event
+
+    def seen_kex(self) -> bool:
+        """True once the first key exchange completed."""
+        return bool(self.seen(ev.KexComplete))
 
     def seen(self, kind: type[ev.Event]) -> list[ev.Event]:
         """The events of one type received so far."""
