@@ -1,0 +1,25 @@
+"""Fuzz a client-side SSH Connection: from its first byte, and after a valid prefix.
+
+See _ssh.py for the input format (two header bytes: stage, algorithms, feeding),
+the peer that seals the fuzzed payloads with its real keys, and the invariant.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _harness import main
+from _ssh import run
+
+from trioport.sshproto import Role
+
+
+def TestOneInput(data: bytes) -> None:
+    run(Role.CLIENT, data)
+
+
+if __name__ == "__main__":
+    main(TestOneInput, "transport_client")
