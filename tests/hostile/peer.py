@@ -208,6 +208,33 @@ class HostilePeer:
             self._seal(payload)
         await self.flush()
 
+    def sealed_with_length(self, length: int) -> bytes:
+        """An encrypted packet (an IGNORE) whose packet_length field claims ``length``.
+
+        The packet is sealed with the current keys and sequence number, then its
+        first four bytes are XORed with ``old ^ length``. That sets the field in
+        every mode: where the length is clear (AES-GCM, ETM) it is replaced, where
+        it is encrypted with a stream (chacha20-poly1305's K_1, AES-CTR) the XOR
+        goes through the keystream. The MAC no longer matches, but the length is
+        checked first. Returns only the first 16 bytes: enough for the server to
+        read the length, and nothing left unread on its socket.
+        """
+        wire = bytearray(self._sealed(bytes(m.Ignore(bytes(32)))))
+        old = len(wire) - 4 - self.conn._transport._send_prot.mac_size
+        flip = (old ^ length).to_bytes(4, "big")
+        wire[:4] = bytes(a ^ b for a, b in zip(wire[:4], flip, strict=True))
+        return bytes(wire[:16])
+
+    def _sealed(self, payload: bytes) -> bytes:
+        """Seal one payload and take its bytes back out of the outbox."""
+        self._take_output()
+        before = len(self.outbox)
+        self._seal(payload)
+        self._take_output()
+        packet = bytes(self.outbox[before:])
+        del self.outbox[before:]
+        return packet
+
     async def send_message(self, *payloads: bytes) -> None:
         """Send payloads as the current state allows a liar to: cleartext packets
         before our NEWKEYS, sealed with the current keys after it."""

@@ -196,3 +196,41 @@ async def test_kex_window_is_encrypted_from_the_server(hostile_server) -> None:
         assert peer.conn.strict_kex
         kinds = [type(e) for e in peer.events]
         assert kinds.index(ev.KexComplete) < kinds.index(ev.Disconnect)
+
+
+@pytest.mark.parametrize(
+    ("position", "payload", "words"),
+    [
+        ("before-kexinit", bytes(m.KexEcdhInit(bytes(32))), "unexpected key exchange message 30"),
+        ("before-kexinit", bytes(m.NewKeys()), "unexpected key exchange message 21"),
+        ("kex", bytes(m.NewKeys()), "unexpected key exchange message 21"),
+        ("kex", kexinit(), "KEXINIT during a key exchange"),
+        ("kex-window", bytes(m.KexEcdhInit(bytes(32))), "unexpected key exchange message 30"),
+        ("kex-window", kexinit(), "KEXINIT during a key exchange"),
+        ("connected", bytes(m.NewKeys()), "unexpected key exchange message 21"),
+        ("connected", bytes(m.KexEcdhInit(bytes(32))), "unexpected key exchange message 30"),
+    ],
+    ids=[
+        "ECDH_INIT-before-KEXINIT",
+        "NEWKEYS-before-KEXINIT",
+        "NEWKEYS-before-ECDH_INIT",
+        "second-KEXINIT",
+        "second-ECDH_INIT",
+        "KEXINIT-before-NEWKEYS",
+        "NEWKEYS-out-of-the-blue",
+        "ECDH_INIT-out-of-the-blue",
+    ],
+)
+async def test_key_exchange_out_of_order(
+    hostile_server, keys, position: str, payload: bytes, words: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.goto(position, keys.mallory)
+        await peer.send_message(payload)
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == PROTOCOL_ERROR
+        assert words in disconnect.description
+        bed.nothing_ran(logged_in=position == "connected")
+        await bed.witness_works()

@@ -1,8 +1,10 @@
-"""Hostile transport input before the keys are in place: version lines and framing.
+"""Hostile transport input: version lines and packet framing.
 
 Each case: a real server on loopback, one hostile connection, and a witness client
 logged in before the attack. The hostile connection must end with the right
-DISCONNECT (in cleartext: no keys exist yet) and the witness must go on working.
+DISCONNECT (in cleartext before NEWKEYS, encrypted after) and the witness must go
+on working. Bad lengths are tried before the keys and after them, for every way a
+cipher carries the length.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import pytest
 import trio
 
 from trioport.errors import DisconnectReason
+from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto import messages as m
+from trioport.sshproto.config import DEFAULT_MACS
 
 from .conftest import TIMEOUT
 from .peer import plain_packet
@@ -90,5 +94,40 @@ async def test_bad_padding(hostile_server, packet: bytes, words: str) -> None:
         disconnect = await peer.expect_disconnect()
         assert disconnect.code == PROTOCOL_ERROR
         assert words in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
+
+
+CIPHER_MODES = [
+    ("aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
+    ("chacha20-poly1305@openssh.com", "hmac-sha2-256-etm@openssh.com"),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+    ("aes256-ctr", "hmac-sha2-256"),
+]
+
+
+@pytest.mark.parametrize(("cipher", "mac"), CIPHER_MODES)
+@pytest.mark.parametrize(
+    "length", [0, 4, 2**31, 256 * 1024 + 16], ids=["0", "4", "2^31", "256KiB+16"]
+)
+async def test_bad_packet_length_after_newkeys(
+    hostile_server, keys, cipher: str, mac: str, length: int
+) -> None:
+    # The same lengths once the keys are in place, for each way the length travels
+    # (clear with AES-GCM and ETM, encrypted with chacha20 and plain CTR+HMAC).
+    server_config = ConnectionConfig(
+        role=Role.SERVER, host_keys=[HostKey(keys.host)], macs=(*DEFAULT_MACS, "hmac-sha2-256")
+    )
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server(config=server_config)
+        peer = await bed.peer(
+            config=ConnectionConfig(role=Role.CLIENT, ciphers=(cipher,), macs=(mac,))
+        )
+        await peer.goto("userauth")
+        assert peer.conn.negotiated["cipher_c2s"] == cipher
+        await peer.send_raw(peer.sealed_with_length(length))
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == PROTOCOL_ERROR
+        assert f"Bad packet length {length}" in disconnect.description
         bed.nothing_ran()
         await bed.witness_works()
