@@ -7,11 +7,14 @@ upper bound on time, only what happened and why.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 
 from trioport.errors import DisconnectReason
 from trioport.ssh.server import ServerLimits
+from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
 
 from .conftest import TIMEOUT
@@ -193,3 +196,53 @@ async def test_keepalive_keeps_clients_that_answer(hostile_server, keys) -> None
         (witness_side,) = bed.handler.connections["witness"]
         assert not witness_side.closed
         await bed.witness_works()
+
+
+async def test_keepalive_drops_a_client_drowning_in_output(hostile_server, keys) -> None:
+    # A client that asks for much output and never reads wedges its own connection:
+    # the server's writes block, so its keepalives cannot even be sent. It must
+    # still drop the connection (no DISCONNECT can reach a peer that does not read)
+    # and end the commands it ran for it.
+    sessions = 16  # 16 x 2 MiB of window: more than both socket buffers hold
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server(limits=KEEPALIVE)
+        peer = await bed.peer()
+        await peer.authenticate("mallory", keys.mallory)
+        (server_side,) = bed.handler.connections["mallory"]
+        channels = [await peer.open_session() for _ in range(sessions)]
+        command = b"echo $$; exec head -c 100000000 /dev/zero"
+        for cid in channels:
+            peer.conn.send(
+                ev.ChannelRequest(channel=cid, request=ev.Exec(command=command), want_reply=False)
+            )
+        await peer.flush()
+        # Read only until every command said its pid (our windows never reopen).
+        first_data: dict[int, bytes] = {}
+
+        def all_started() -> bool:
+            for e in peer.seen(ev.ChannelData):
+                first_data.setdefault(e.channel, e.data)
+            return len(first_data) == sessions
+
+        await peer.until(all_started)
+        pids = [int(first_data[cid].split(b"\n")[0]) for cid in channels]
+        # From here on mallory reads nothing.
+        await server_side.wait_closed()
+        for pid in pids:
+            await _exited(pid)
+        # What the kernel had buffered still arrives, then the end of the stream.
+        await peer.until(lambda: peer.eof)
+        assert len(b"".join(e.data for e in peer.seen(ev.ChannelData))) < sessions * 2**21
+        await bed.witness_works()
+
+
+async def _exited(pid: int) -> None:
+    """Wait until process ``pid`` has terminated (a pidfd turns readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone and reaped
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
