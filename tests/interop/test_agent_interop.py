@@ -24,6 +24,7 @@ from trioport.ssh.agent import (
     open_agent,
     run_with_agent_forwarding,
 )
+from trioport.ssh.trust import UserCertificateChecker, UserCertificateHandler
 from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto.keys import PrivateKey
 
@@ -331,9 +332,7 @@ async def test_our_client_forwards_openssh_agent_to_sshd(sshd, user_key, ssh_age
 async def test_ssh_A_with_a_user_certificate_from_our_agent_through_our_server(
     tmp_path, server_host_key, our_agent
 ) -> None:
-    """Both halves are ours here: our agent, OpenSSH's ssh -A, our server and its socket."""
-    from trioport.ssh.trust import UserCertificateChecker, UserCertificateHandler
-
+    """Our agent holds the certificate; OpenSSH's ssh -A logs into our server with it."""
     agent, path = our_agent
     ca = PrivateKey.generate("ssh-ed25519")
     key = PrivateKey.generate("ssh-ed25519")

@@ -39,6 +39,7 @@ from .certhelpers import (
     ssh_options,
     write_key_pair,
 )
+from .conftest import ShellServerHandler
 
 pytestmark = pytest.mark.interop
 
@@ -50,13 +51,10 @@ HOST = PrivateKey.generate("ssh-ed25519")
 # --- OpenSSH's ssh checks our server's host certificate --------------------------------------
 
 
-async def ssh_to_our_server(
-    tmp_path: pathlib.Path, user_key, host_cert, *, known_hosts: str | None = None
-):
-    from .conftest import ShellServerHandler
-
+async def ssh_to_our_server(tmp_path: pathlib.Path, user_key, host_cert):
+    """``ssh`` with only an ``@cert-authority`` line for CA, strict host key checking."""
     known = tmp_path / "known_hosts"
-    known.write_text(known_hosts or f"@cert-authority * {CA.public.openssh_line()}\n")
+    known.write_text(f"@cert-authority * {CA.public.openssh_line()}\n")
     handler = ShellServerHandler({user_key.key.public.blob})
     async with serving(handler, [HostKey(HOST, host_cert.blob)]) as port:
         return await run(
