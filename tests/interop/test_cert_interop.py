@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import pathlib
+import pwd
 import time
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 from trioport.errors import AuthenticationFailed, HostKeyNotVerifiable
 from trioport.ssh import connect
 from trioport.ssh.client import KeySigner
+from trioport.ssh.session import SessionPolicy
 from trioport.ssh.trust import HostKeyPolicy, UserCertificateChecker, UserCertificateHandler
 from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto.authfiles import parse_known_hosts
@@ -269,11 +271,17 @@ async def keygen_cert(
 
 
 async def ssh_with_cert(
-    key_path: pathlib.Path, *args: str, agent_forwarding: bool = False, **options: str
+    key_path: pathlib.Path,
+    *args: str,
+    agent_forwarding: bool = False,
+    handler: UserCertificateHandler | None = None,
+    **options: str,
 ):
-    handler = UserCertificateHandler(
-        UserCertificateChecker([CA.public]), agent_forwarding=agent_forwarding
-    )
+    """``ssh -i key_path`` (its certificate beside it) into our certificate server."""
+    if handler is None:
+        handler = UserCertificateHandler(
+            UserCertificateChecker([CA.public]), agent_forwarding=agent_forwarding
+        )
     async with serving(handler, [HostKey(HOST)]) as port:
         result = await run(
             [
@@ -342,3 +350,23 @@ async def test_permit_agent_forwarding_decides_whether_ssh_A_gets_an_agent(
         )
     assert user_key.key.public.fingerprint().encode() in allowed.stdout
     assert denied.stdout == b"[]\n"
+
+
+async def test_a_session_running_as_another_user_reaches_its_forwarded_agent(
+    tmp_path, keygen_ca, user_key
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    handler = UserCertificateHandler(
+        UserCertificateChecker([CA.public]),
+        SessionPolicy(user=nobody.pw_name, group=nobody.pw_gid, cwd="/"),
+        agent_forwarding=True,
+    )
+    key_path = await keygen_cert(tmp_path, keygen_ca)
+    script = 'id -u; stat -c %U "$SSH_AUTH_SOCK"; ssh-add -l'
+    with openssh_agent(tmp_path) as agent_path:
+        await run([SSH_ADD, str(user_key.path)], env={"SSH_AUTH_SOCK": str(agent_path)})
+        options = {"ForwardAgent": "yes", "IdentityAgent": str(agent_path)}
+        result, _ = await ssh_with_cert(key_path, script, handler=handler, **options)
+    lines = result.stdout.decode().splitlines()
+    assert lines[:2] == [str(nobody.pw_uid), nobody.pw_name], result.stderr
+    assert user_key.key.public.fingerprint() in lines[2]

@@ -28,6 +28,7 @@ import collections
 import dataclasses
 import logging
 import os
+import pwd
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
@@ -299,6 +300,13 @@ class UserCertificateChecker:
         )
 
 
+def _uid_of(user: str | int | None) -> int | None:
+    """The uid a session runs as (it must be able to reach its agent socket)."""
+    if user is None or isinstance(user, int):
+        return user
+    return pwd.getpwnam(user).pw_uid
+
+
 def peer_address(conn: SSHConnection) -> str | None:
     """The client's IP address, if the connection runs over a socket."""
     sock = getattr(conn.stream, "socket", None)
@@ -391,7 +399,8 @@ class UserCertificateHandler(SSHHandler):
             raise AuthenticationFailed("no certificate login on this connection")
         base = self.policy
         if self.agent_forwarding:
-            base = dataclasses.replace(base, agent_forwarding=session_agent_forwarding(conn))
+            hook = session_agent_forwarding(conn, uid=_uid_of(base.user))
+            base = dataclasses.replace(base, agent_forwarding=hook)
         return session_policy_for(result, base)
 
     async def channel_open(
