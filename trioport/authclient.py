@@ -736,6 +736,15 @@ def _address(addr: str | Address | tuple[str, int]) -> tuple[str, int]:
     return host, port
 
 
+def _reason(exc: BaseException) -> str:
+    """The most specific words for why a connection failed ("Connection refused")."""
+    while isinstance(exc.__cause__, BaseExceptionGroup) and exc.__cause__.exceptions:
+        exc = exc.__cause__.exceptions[0]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.rsplit(": ", 1)[-1]  # trio prefixes "Error connecting to ..."
+    return str(exc) or type(exc).__name__
+
+
 @asynccontextmanager
 async def _connected(
     addr: str | Address | tuple[str, int],
@@ -779,9 +788,8 @@ async def _connected(
                 f"cannot reach the auth service at {where}: no answer within {connect_timeout:g}s"
             ) from None
         except (OSError, ProtocolError, ConnectionClosedError, trio.BrokenResourceError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise AuthServiceUnavailable(
-                f"cannot reach the auth service at {where}: {reason or type(exc).__name__}"
+                f"cannot reach the auth service at {where}: {_reason(exc)}"
             ) from None
         yield conn, where
 

@@ -32,9 +32,10 @@ class across the wire: the body is ``{"error": {"kind": ..., "message": ...}}`` 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -53,7 +54,7 @@ from trioport.errors import (
     NotFound,
     TrioportError,
 )
-from trioport.resources import Node, Role, Session, from_dict, to_dict
+from trioport.resources import Node, Role, Session, from_dict, mask_secret, to_dict
 from trioport.store.backend import Item
 
 from . import audit_log
@@ -196,6 +197,15 @@ def _node_status(status: NodeStatus) -> dict[str, Any]:
         "expires": status.expires,
         "node": to_dict(node),
     }
+
+
+@contextlib.contextmanager
+def _named(kind: str, name: str) -> Iterator[None]:
+    """Say which thing was not found, not which store key."""
+    try:
+        yield
+    except NotFound:
+        raise NotFound(f"{kind} {name!r} not found") from None
 
 
 def _invite(invite: Invite, proxy_addr: str) -> dict[str, Any]:
@@ -444,7 +454,8 @@ class AuthAPI:
 
     @_route("GET", "/v1/nodes/{host_id}", hosts=_PROXIES, rule=("node", "read"))
     async def _node(self, who: Identity, req: Request) -> Any:
-        status = await self.auth.nodes.get(check_host_id(req.params["host_id"]))
+        with _named("node", req.params["host_id"]):
+            status = await self.auth.nodes.get(check_host_id(req.params["host_id"]))
         if who.kind is IdentityKind.USER and not rbac.can_see_node(
             who.roles, status.node.all_labels()
         ):
@@ -453,7 +464,8 @@ class AuthAPI:
 
     @_route("DELETE", "/v1/nodes/{host_id}", rule=("node", "delete"))
     async def _remove_node(self, who: Identity, req: Request) -> Any:
-        await self.auth.nodes.release_identity(check_host_id(req.params["host_id"]))
+        with _named("host", req.params["host_id"]):
+            await self.auth.nodes.release_identity(check_host_id(req.params["host_id"]))
         return {}
 
     @_route("POST", "/v1/access", hosts=_HOSTS)
@@ -576,13 +588,16 @@ class AuthAPI:
 
     @_route("GET", "/v1/users/{name}", rule=("user", "read"))
     async def _user(self, who: Identity, req: Request) -> Any:
-        return to_dict(await self.auth.users.get(req.params["name"]))
+        with _named("user", req.params["name"]):
+            return to_dict(await self.auth.users.get(req.params["name"]))
 
     @_route("PUT", "/v1/users/{name}", rule=("user", "update"))
     async def _update_user(self, who: Identity, req: Request) -> Any:
         body = req.json()
         logins = None if body.get("logins") is None else field_str_list(body, "logins")
         roles = None if body.get("roles") is None else field_str_list(body, "roles")
+        with _named("user", req.params["name"]):
+            await self.auth.users.get(req.params["name"])
         user = await self.auth.users.update(
             req.params["name"], logins=logins, roles=roles, by=who.name
         )
@@ -590,17 +605,20 @@ class AuthAPI:
 
     @_route("DELETE", "/v1/users/{name}", rule=("user", "delete"))
     async def _remove_user(self, who: Identity, req: Request) -> Any:
-        await self.auth.users.remove(req.params["name"], by=who.name)
+        with _named("user", req.params["name"]):
+            await self.auth.users.remove(req.params["name"], by=who.name)
         return {}
 
     @_route("POST", "/v1/users/{name}/reset", rule=("user", "update"))
     async def _reset_user(self, who: Identity, req: Request) -> Any:
-        invite = await self.auth.users.reset(req.params["name"], by=who.name)
+        with _named("user", req.params["name"]):
+            invite = await self.auth.users.reset(req.params["name"], by=who.name)
         return _invite(invite, self.proxy_addr)
 
     @_route("POST", "/v1/users/{name}/unlock", rule=("user", "update"))
     async def _unlock_user(self, who: Identity, req: Request) -> Any:
-        await self.auth.users.unlock(req.params["name"], by=who.name)
+        with _named("user", req.params["name"]):
+            await self.auth.users.unlock(req.params["name"], by=who.name)
         return {}
 
     # --- tokens -----------------------------------------------------------------------
@@ -625,7 +643,8 @@ class AuthAPI:
 
     @_route("DELETE", "/v1/tokens/{token}", rule=("token", "delete"))
     async def _remove_token(self, who: Identity, req: Request) -> Any:
-        await self.auth.tokens.remove(req.params["token"])
+        with _named("join token", mask_secret(req.params["token"])):
+            await self.auth.tokens.remove(req.params["token"])
         return {}
 
     # --- roles ------------------------------------------------------------------------
@@ -636,7 +655,8 @@ class AuthAPI:
 
     @_route("GET", "/v1/roles/{name}", rule=("role", "read"))
     async def _role(self, who: Identity, req: Request) -> Any:
-        return to_dict(await self.auth.roles.get(req.params["name"]))
+        with _named("role", req.params["name"]):
+            return to_dict(await self.auth.roles.get(req.params["name"]))
 
     @_route("PUT", "/v1/roles/{name}", rule=("role", "update"), own=True)
     async def _put_role(self, who: Identity, req: Request) -> Any:
@@ -655,7 +675,8 @@ class AuthAPI:
 
     @_route("DELETE", "/v1/roles/{name}", rule=("role", "delete"))
     async def _remove_role(self, who: Identity, req: Request) -> Any:
-        await self.auth.roles.delete(req.params["name"], by=who.name)
+        with _named("role", req.params["name"]):
+            await self.auth.roles.delete(req.params["name"], by=who.name)
         return {}
 
     # --- audit events -----------------------------------------------------------------
