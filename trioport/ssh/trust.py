@@ -122,11 +122,16 @@ class HostKeyPolicy:
     def from_files(
         cls, host: str, port: int = 22, *, paths: Iterable[str | os.PathLike[str]], **kwargs: object
     ) -> HostKeyPolicy:
-        """Read ``known_hosts`` files (missing files are skipped; bad lines too, as ssh does)."""
+        """Read ``known_hosts`` files (``~`` expanded; missing files and bad lines skipped).
+
+        OpenSSH's ``ssh`` also skips lines it cannot parse: a broken line trusts nothing.
+        """
         entries: list[KnownHost] = []
         for path in paths:
             try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                with open(
+                    os.path.expanduser(path), encoding="utf-8", errors="surrogateescape"
+                ) as f:
                     entries += parse_known_hosts(f.read())
             except FileNotFoundError:
                 continue
