@@ -238,6 +238,19 @@ async def test_a_framing_error_ends_the_connection() -> None:
         assert await client_stream.receive_some() == b""
 
 
+async def test_an_answer_over_256_kib_ends_that_connection_not_the_agent() -> None:
+    server = AgentServer()
+    for _ in range(300):  # 300 keys with 1000-byte comments: the listing is too big
+        server.add_key(PrivateKey.generate("ssh-ed25519"), comment="c" * 1000)
+    async with running_agent(server) as path:
+        async with open_agent(path) as agent:
+            with pytest.raises(trio.BrokenResourceError):
+                await agent.list_identities()
+        async with open_agent(path) as agent:
+            await agent.remove_all_identities()
+            assert await agent.list_identities() == []
+
+
 async def test_an_undecodable_request_gets_failure_and_the_connection_lives_on() -> None:
     server = AgentServer()
     server.add_key(KEY)

@@ -43,6 +43,7 @@ from ..errors import (
     ChannelOpenFailureReason,
     ConfigError,
     DecodeError,
+    TrioportError,
 )
 from ..sshproto import agent as proto
 from ..sshproto import events as ev
@@ -447,8 +448,10 @@ class AgentServer:
             while (payload := await _read_payload(stream, framer)) is not None:
                 response = await self._answer(state, payload)
                 await stream.send_all(proto.frame(response))
-        except DecodeError as exc:
-            log.info("agent: closing a connection that broke the framing: %s", exc)
+        except TrioportError as exc:
+            # A frame over the limits either way (say, a listing of more than
+            # 256 KiB): this connection ends, the agent serves on.
+            log.info("agent: closing a connection: %s", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -508,8 +511,8 @@ async def relay_forwarded_agent(downstream: trio.abc.Stream, upstream: trio.abc.
                 log.info("agent: refused request type %d from a forwarded agent", payload[0])
                 reply = proto.frame(proto.Failure())
             await downstream.send_all(reply)
-    except DecodeError as exc:
-        log.info("agent: forwarded agent connection broke the framing: %s", exc)
+    except TrioportError as exc:
+        log.info("agent: closing a forwarded agent connection: %s", exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
@@ -524,7 +527,8 @@ class AgentForwardingHandler(SSHHandler):
 
     The agent is a socket path (OpenSSH's agent, say) or an in-process
     :class:`AgentServer`. Agent channels are accepted only after :meth:`request`
-    asked for forwarding on this connection; anything else goes to ``inner``.
+    asked for forwarding, so use one handler per connection; anything else goes
+    to ``inner``.
 
     Args:
         agent: where the keys are.
