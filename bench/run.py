@@ -253,6 +253,20 @@ def run_all(bench: Bench, args: argparse.Namespace, setup_count: int, deadline: 
     return results
 
 
+def _without_output(argv: list[str]) -> list[str]:
+    """The command line as the report shows it: where the report went does not matter."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--output":
+            skip = True
+        elif not arg.startswith("--output="):
+            out.append(arg)
+    return out
+
+
 def summarize_profiles(directory: pathlib.Path, top: int = 25) -> None:
     """Write the top functions (own CPU time) of every profile to DIR/summary.txt."""
     out = io.StringIO()
@@ -312,7 +326,7 @@ def main() -> int:
         repeat=args.repeat,
         setup_count=setup_count,
         elapsed=time.monotonic() - started,
-        command=shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
+        command=shlex.join(["python3", "bench/run.py", *_without_output(sys.argv[1:])]),
         machine=machine,
     )
     if profile_dir is not None:
