@@ -660,16 +660,17 @@ class AuthAPI:
 
     @_route("PUT", "/v1/roles/{name}", rule=("role", "update"), own=True)
     async def _put_role(self, who: Identity, req: Request) -> Any:
-        role = from_dict(req.json(), Role, source="role")
-        if role.metadata.name != req.params["name"]:
-            raise bad_request("the role's metadata.name differs from the name in the path")
+        name = req.params["name"]
         try:
-            await self.auth.roles.get(role.metadata.name)
+            await self.auth.roles.get(name)
             verb = "update"
         except NotFound:
             verb = "create"
         if not who.may("role", verb):
             raise AccessDenied(f"your roles do not allow {verb} on role")
+        role = from_dict(req.json(), Role, source="role")
+        if role.metadata.name != name:
+            raise bad_request("the role's metadata.name differs from the name in the path")
         created = await self.auth.roles.upsert(role, by=who.name)
         return {"created": created}
 
