@@ -387,7 +387,11 @@ class _AesGcm(PacketProtection):
         _check_size(len(payload), length)
         head = _U32.pack(length)
         plain = b"".join((_BYTE[pad], payload, rng(pad)))
-        return head + self._aead.encrypt(self._nonce(), plain, head)
+        # Encrypt straight into the packet buffer: one copy fewer per packet.
+        out = bytearray(4 + length + 16)
+        out[:4] = head
+        self._aead.encrypt_into(self._nonce(), plain, head, memoryview(out)[4:])
+        return out
 
     def packet_length(self, seqnr: int, head: bytes) -> int:
         length = _U32.unpack_from(head)[0]

@@ -21,6 +21,7 @@ PROTOCOL §2), mapping them to and from the event classes in :mod:`.events`.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -158,6 +159,20 @@ _DECODERS: dict[str, Callable[[Reader], Any]] = {
 
 _MSG = {"frozen": True, "slots": True}
 
+#: Field names per message class, in order (``dataclasses.fields`` is slow per call).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    return names
+
+
+_DATA_HEAD = struct.Struct(">BII")
+_EXTENDED_HEAD = struct.Struct(">BIII")
+
 
 class Message:
     """Base class: ``bytes(msg)`` is the payload, message number first."""
@@ -168,8 +183,8 @@ class Message:
 
     def __bytes__(self) -> bytes:
         parts = [wire.byte(self.ID)]
-        for kind, f in zip(self.SPEC, fields(self)):  # type: ignore[arg-type]
-            parts.append(_ENCODERS[kind](getattr(self, f.name)))
+        for kind, name in zip(self.SPEC, _field_names(type(self))):
+            parts.append(_ENCODERS[kind](getattr(self, name)))
         return b"".join(parts)
 
     @classmethod
@@ -476,6 +491,14 @@ class ChannelData(Message):
     recipient: int
     data: bytes
 
+    # The bulk-data path: one struct for the header, no generic field walk.
+    def __bytes__(self) -> bytes:
+        return _DATA_HEAD.pack(self.ID, self.recipient, len(self.data)) + self.data
+
+    @classmethod
+    def decode(cls, r: Reader) -> Message:
+        return cls(r.uint32(), r.rest_string())
+
 
 @dataclass(**_MSG)
 class ChannelExtendedData(Message):
@@ -484,6 +507,13 @@ class ChannelExtendedData(Message):
     recipient: int
     code: int
     data: bytes
+
+    def __bytes__(self) -> bytes:
+        return _EXTENDED_HEAD.pack(self.ID, self.recipient, self.code, len(self.data)) + self.data
+
+    @classmethod
+    def decode(cls, r: Reader) -> Message:
+        return cls(r.uint32(), r.uint32(), r.rest_string())
 
 
 @dataclass(**_MSG)

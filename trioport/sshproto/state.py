@@ -54,14 +54,21 @@ __all__ = [
 ]
 
 
-class Role(enum.Enum):
+class _Enum(enum.Enum):
+    """An enum hashed by identity in C: state tables are looked up on every packet,
+    and ``Enum.__hash__`` is Python code. Members are singletons, so it is exact."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_Enum):
     """Which end of the connection we are."""
 
     CLIENT = "client"
     SERVER = "server"
 
 
-class TransportState(enum.Enum):
+class TransportState(_Enum):
     """The connection's main state machine."""
 
     VERSION = "version"  # waiting for the peer's identification line
@@ -73,7 +80,7 @@ class TransportState(enum.Enum):
     ERROR = "error"  # a protocol violation; every later call raises
 
 
-class KexPhase(enum.Enum):
+class KexPhase(_Enum):
     """The key-exchange machine, initial and every re-exchange (RFC 4253 §7)."""
 
     IDLE = "idle"  # no exchange running
@@ -83,7 +90,7 @@ class KexPhase(enum.Enum):
     AWAIT_NEWKEYS = "await_newkeys"  # we sent NEWKEYS, waiting for the peer's
 
 
-class Handler(enum.Enum):
+class Handler(_Enum):
     """Which part of the core handles an acceptable inbound message."""
 
     TRANSPORT = "transport"  # DISCONNECT, IGNORE, UNIMPLEMENTED, DEBUG
@@ -242,7 +249,7 @@ OUTBOUND: dict[tuple[Role, TransportState], frozenset[type[ev.Event]]] = {
 }
 
 
-class ServerAuthState(enum.Enum):
+class ServerAuthState(_Enum):
     """The server's user-authentication machine (RFC 4252 §5, RFC 4256 §3)."""
 
     IDLE = "idle"  # waiting for a USERAUTH_REQUEST
@@ -254,7 +261,7 @@ class ServerAuthState(enum.Enum):
 # --- channels (RFC 4254 §5) -------------------------------------------------------------
 
 
-class OurChannelState(enum.Enum):
+class OurChannelState(_Enum):
     """What we have sent on a channel."""
 
     OPENING = "opening"  # we sent CHANNEL_OPEN, or owe an answer to theirs
@@ -263,7 +270,7 @@ class OurChannelState(enum.Enum):
     CLOSE_SENT = "close_sent"
 
 
-class TheirChannelState(enum.Enum):
+class TheirChannelState(_Enum):
     """What the peer has sent on a channel."""
 
     OPENING = "opening"  # no confirmation yet (theirs, or ours to their open)
@@ -272,7 +279,7 @@ class TheirChannelState(enum.Enum):
     CLOSE_RECEIVED = "close_received"
 
 
-class ChannelAction(enum.Enum):
+class ChannelAction(_Enum):
     """Things that happen on a channel, in either direction."""
 
     CONFIRM = "confirm"

@@ -109,7 +109,7 @@ class Transport:
         self._inbuf = bytearray()
         self._inpos = 0
         self.eof = False
-        self._out = bytearray()
+        self._out: list[bytes] = []
         # Version exchange.
         self.local_version = f"SSH-2.0-{config.software_version}"
         self.peer_version: str | None = None
@@ -146,7 +146,7 @@ class Transport:
         self._offered_host_keys = self._host_key_offer()
         if self.role is Role.SERVER and not self._offered_host_keys:
             raise LocalProtocolError("no host key matches the configured host_key_algorithms")
-        self._out += (self.local_version + "\r\n").encode("ascii")
+        self._out.append((self.local_version + "\r\n").encode("ascii"))
         self.send_kexinit()
 
     # --- bytes ------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class Transport:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire; the queue is then empty."""
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -270,7 +270,7 @@ class Transport:
     def _write(self, payload: bytes) -> None:
         packet = self._send_prot.seal(self._send_seq, payload, self._rng)
         self._send_seq = (self._send_seq + 1) & _SEQ_MASK
-        self._out += packet
+        self._out.append(packet)
         self._bytes_out += len(packet)
 
     def send_disconnect(self, code: int, description: str) -> None:

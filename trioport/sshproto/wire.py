@@ -168,6 +168,15 @@ class Reader:
                 raise DecodeError("name-list holds an empty or unprintable name")
         return names
 
+    def rest_string(self) -> bytes:
+        """Read a string that must be the last field: nothing may follow it."""
+        n = self.uint32()
+        if n != self.remaining:
+            raise DecodeError(
+                f"string of {n} bytes does not end the message ({self.remaining} left)"
+            )
+        return self._take(n)
+
     def rest(self) -> bytes:
         """Read everything that is left."""
         return self._take(self.remaining)
