@@ -11,18 +11,48 @@ The seeds are committed; run this again only when a format or the core changes.
 
 from __future__ import annotations
 
+import atexit
+import base64
 import pathlib
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _fixtures import USER_NAME
+from _fixtures import (
+    CA,
+    HOST_CERT,
+    HOST_ECDSA,
+    HOST_ED25519,
+    HOST_RSA,
+    KEYS,
+    PASSPHRASE,
+    USER_CERT,
+    USER_ED25519,
+    USER_NAME,
+    make_rng,
+)
 from _ssh import STAGES, Options, Pair, join_payloads, run
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from trioport.sshproto import Role, wire
+from trioport.sshproto import agent as a
 from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
+from trioport.sshproto.authfiles import hash_host, host_lookup_name
+from trioport.sshproto.certs import (
+    DEFAULT_USER_EXTENSIONS,
+    VALID_FOREVER,
+    CertType,
+    parse_certificate,
+    sign_certificate,
+    trioport_extensions,
+)
+from trioport.sshproto.keyfiles import dump_private_key, encode_private_key
+from trioport.sshproto.keys import PrivateKey
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 Seeds = Callable[[], dict[str, bytes]]
@@ -275,6 +305,388 @@ def _transport_server() -> dict[str, bytes]:
 @generator("transport_client")
 def _transport_client() -> dict[str, bytes]:
     return _transport(Role.CLIENT)
+
+
+# --- the other parsers ----------------------------------------------------------------------
+
+
+def _keygen(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """ssh-keygen keys of every type, certificates, and PEM/PKCS#8 files, once."""
+    made: dict[str, pathlib.Path] = {}
+
+    def keygen(name: str, *args: str) -> pathlib.Path:
+        path = folder / name
+        subprocess.run(
+            ["ssh-keygen", "-q", "-C", f"seed {name}", "-f", str(path), *args],
+            check=True,
+            input=b"",
+        )
+        made[name] = path
+        return path
+
+    keygen("ed25519", "-t", "ed25519", "-N", "")
+    keygen("ecdsa256", "-t", "ecdsa", "-b", "256", "-N", "")
+    keygen("ecdsa384", "-t", "ecdsa", "-b", "384", "-N", "")
+    keygen("ecdsa521", "-t", "ecdsa", "-b", "521", "-N", "")
+    keygen("rsa2048", "-t", "rsa", "-b", "2048", "-N", "")
+    keygen("ed25519_enc", "-t", "ed25519", "-N", "fuzz", "-a", "1")
+    keygen("ecdsa_enc", "-t", "ecdsa", "-N", "fuzz", "-a", "2")
+    keygen("rsa_pem", "-t", "rsa", "-b", "2048", "-N", "", "-m", "PEM")
+    keygen("ecdsa_pem", "-t", "ecdsa", "-N", "", "-m", "PEM")
+    keygen("ed25519_pkcs8", "-t", "ed25519", "-N", "", "-m", "PKCS8")
+    keygen("ecdsa_pkcs8", "-t", "ecdsa", "-N", "", "-m", "PKCS8")
+    # ssh-keygen wants 5+ characters for PEM passphrases; openssl encrypts with "fuzz".
+    for name, command in (
+        ("ecdsa_pkcs8_enc", ["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "ecdsa_pkcs8"]),
+        ("ecdsa_pem_enc", ["ec", "-aes256", "-in", "ecdsa_pem"]),
+    ):
+        out = folder / name
+        subprocess.run(
+            ["openssl", *command, "-passout", "pass:fuzz", "-out", str(out)],
+            check=True,
+            cwd=folder,
+            capture_output=True,
+        )
+        made[name] = out
+    ca = str(KEYS / "ca_ed25519")
+
+    def sign(name: str, key: str, signer: str, *args: str) -> None:
+        cert_dir = folder / name
+        cert_dir.mkdir()
+        pub = cert_dir / "key.pub"
+        pub.write_bytes(made[key].with_suffix(".pub").read_bytes())
+        subprocess.run(["ssh-keygen", "-q", "-s", signer, "-I", name, *args, str(pub)], check=True)
+        made[name] = cert_dir / "key-cert.pub"
+
+    sign(
+        "cert_user_opts",
+        "ed25519",
+        ca,
+        "-n",
+        "alice,bob",
+        "-V",
+        "20200101:20400101",
+        "-O",
+        "force-command=/bin/true",
+        "-O",
+        "source-address=127.0.0.1/32,::1/128",
+        "-O",
+        "no-pty",
+        "-O",
+        "extension:trioport-roles@trioport.dev=dev,ops",
+    )
+    sign("cert_user_ecdsa", "ecdsa384", ca, "-n", "alice", "-V", "20200101:20400101")
+    sign(
+        "cert_user_rsa_ca",
+        "ecdsa521",
+        str(KEYS / "host_rsa"),
+        "-n",
+        "alice",
+        "-V",
+        "20200101:20400101",
+        "-t",
+        "rsa-sha2-256",
+    )
+    sign(
+        "cert_host_ecdsa_ca",
+        "rsa2048",
+        str(KEYS / "host_ecdsa"),
+        "-h",
+        "-n",
+        "fuzz.example,*.fuzz.example",
+        "-V",
+        "20200101:20400101",
+    )
+    sign("cert_host_forever", "ecdsa256", ca, "-h", "-n", "*")
+    sign("cert_user_expired", "ed25519", ca, "-n", "alice", "-V", "20200101:20210101")
+    return made
+
+
+def _blob(path: pathlib.Path) -> bytes:
+    return base64.b64decode(path.read_text().split()[1])
+
+
+_MADE: dict[str, pathlib.Path] = {}
+
+
+def _made() -> dict[str, pathlib.Path]:
+    if not _MADE:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="trioport-seeds-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _MADE.update(_keygen(folder))
+    return _MADE
+
+
+@generator("messages")
+def _messages() -> dict[str, bytes]:
+    seeds: dict[str, bytes] = {}
+    for role in Role:
+        for name, payloads in _handmade(role).items():
+            for i, payload in enumerate(payloads):
+                seeds[f"{role.value}_{name}_{i}"] = b"\x00" + payload
+    pair = Pair(Role.SERVER, Options(stage=3))
+    payloads = _recording(pair)
+    pair.pump()
+    _kick(pair, "channel")
+    for i, payload in enumerate(payloads[:12]):
+        seeds[f"session_{i}"] = b"\x00" + payload
+    seeds["kexinit"] = b"\x00" + bytes(
+        m.KexInit(
+            bytes(16),
+            ("curve25519-sha256", "kex-strict-c-v00@openssh.com"),
+            ("ssh-ed25519",),
+            ("aes128-ctr",),
+            ("aes128-ctr",),
+            ("hmac-sha2-256",),
+            ("hmac-sha2-256",),
+            ("none",),
+            ("none",),
+            (),
+            (),
+            True,
+            0,
+        )
+    )
+    seeds["ecdh_init"] = b"\x00" + bytes(m.KexEcdhInit(bytes(range(32))))
+    seeds["ecdh_reply"] = b"\x00" + bytes(
+        m.KexEcdhReply(HOST_ED25519.public.blob, bytes(32), HOST_ED25519.sign(b"h"))
+    )
+    seeds["newkeys"] = b"\x00" + bytes(m.NewKeys())
+    seeds["pk_ok"] = b"\x01" + bytes(m.UserauthPkOk("ssh-ed25519", USER_ED25519.public.blob))
+    seeds["passwd_changereq"] = b"\x02" + bytes(m.UserauthPasswdChangeReq("expired", "en"))
+    seeds["info_request"] = b"\x03" + bytes(
+        m.UserauthInfoRequest("name", "instr", "", (("Password: ", False), ("OTP: ", True)))
+    )
+    seeds["pty_modes"] = b"\x04" + m.encode_pty_modes({1: 3, 2: 28, 53: 1, 128: 38400})
+    return seeds
+
+
+@generator("keys")
+def _keys() -> dict[str, bytes]:
+    made = _made()
+    seeds: dict[str, bytes] = {}
+    for name, path in sorted(made.items()):
+        pub = path if name.startswith("cert") else path.with_suffix(".pub")
+        if not pub.exists():
+            continue
+        seeds[f"blob_{name}"] = b"\x00" + _blob(pub)
+        seeds[f"pub_{name}"] = b"\x01" + pub.read_bytes()
+    for name in ("host_ed25519-cert.pub", "ca_ed25519.pub", "host_rsa.pub"):
+        seeds[f"pub_{name}"] = b"\x01" + (KEYS / name).read_bytes()
+    return seeds
+
+
+@generator("signatures")
+def _signatures() -> dict[str, bytes]:
+    from fuzz_signatures import KEYS as SIG_KEYS
+    from fuzz_signatures import MESSAGE
+
+    seeds: dict[str, bytes] = {}
+    for index, (private, public) in enumerate(SIG_KEYS[:6]):
+        for algorithm in public.signature_algorithms():
+            allowed = 3 if algorithm == "ssh-rsa" else 1
+            selector = index | allowed << 3
+            seeds[f"{index}_{algorithm}"] = bytes((selector,)) + private.sign(MESSAGE, algorithm)
+    return seeds
+
+
+def _hostile_certs() -> dict[str, bytes]:
+    """Certificates ssh-keygen refuses to make (tests' builder idea, our own code)."""
+    user = USER_ED25519.public
+    nonce = bytes(range(32))
+
+    def build(**kw: object) -> bytes:
+        fields: dict[str, object] = {
+            "cert_type": CertType.USER,
+            "key_id": "alice",
+            "principals": ["alice"],
+            "valid_after": 0,
+            "valid_before": VALID_FOREVER,
+            "nonce": nonce,
+            "extensions": dict(DEFAULT_USER_EXTENSIONS),
+        }
+        fields.update(kw)
+        return sign_certificate(CA, user, **fields).blob  # type: ignore[arg-type]
+
+    good = build(
+        extensions={
+            **DEFAULT_USER_EXTENSIONS,
+            **trioport_extensions(roles=["dev", "admin"], service_role="node", cluster="fuzz"),
+        }
+    )
+    out = {
+        "trioport_ext": good,
+        "host_service": sign_certificate(
+            CA,
+            HOST_ED25519.public,
+            cert_type=CertType.HOST,
+            key_id="node",
+            nonce=nonce,
+            principals=["fuzz.example", "10.0.0.*"],
+            valid_after=0,
+            valid_before=VALID_FOREVER,
+            extensions=trioport_extensions(service_role="proxy", cluster="c"),
+        ).blob,
+        "unknown_critical": build(critical_options={"verify-required": None, "x@y": "v"}),
+        "force_command": build(critical_options={"force-command": "/usr/bin/id"}),
+        "trailing": good + b"\x00",
+    }
+    cert = parse_certificate(good)
+    # A CA that is itself a certificate: the CA field replaced, signed by that cert's key.
+    signed = cert.signed_data
+    ca_field = wire.string(CA.public.blob)
+    nested = signed[: -len(ca_field)] + wire.string(USER_CERT.blob)
+    out["nested"] = nested + wire.string(USER_ED25519.sign(nested))
+    many = b"".join(wire.string(f"p{i}") for i in range(300))
+    r = wire.Reader(signed)
+    head = [r.string(), r.string(), r.string(), r.uint64(), r.uint32(), r.string()]
+    r.string()  # principals
+    rest = r.rest()
+    body = (
+        wire.string(head[0])
+        + wire.string(head[1])
+        + wire.string(head[2])
+        + wire.uint64(head[3])
+        + wire.uint32(head[4])
+        + wire.string(head[5])
+        + wire.string(many)
+        + rest
+    )
+    out["many_principals"] = body + wire.string(CA.sign(body))
+    return out
+
+
+@generator("certs")
+def _certs() -> dict[str, bytes]:
+    made = _made()
+    seeds: dict[str, bytes] = {}
+    user, host = 2 | 8, 1 | 2 << 1  # (USER, "alice", 127.0.0.1), (HOST, "fuzz.example")
+    blobs = {name: _blob(path) for name, path in made.items() if name.startswith("cert")}
+    blobs["fixture_user"] = USER_CERT.blob
+    blobs["fixture_host"] = HOST_CERT.blob
+    blobs.update(_hostile_certs())
+    for name, blob in sorted(blobs.items()):
+        is_host = "host" in name
+        selector = host if is_host else user
+        seeds[f"{name}"] = bytes((selector,)) + blob
+        seeds[f"{name}_resigned"] = bytes((selector | 32 | 64,)) + blob
+        seeds[f"{name}_other_use"] = bytes((selector ^ 1 | 3 << 3,)) + blob
+    return seeds
+
+
+@generator("keyfiles")
+def _keyfiles() -> dict[str, bytes]:
+    made = _made()
+    seeds: dict[str, bytes] = {}
+    for name, path in sorted(made.items()):
+        if name.startswith("cert"):
+            continue
+        secret = 1 if "enc" in name else 0
+        seeds[name] = bytes((secret,)) + path.read_bytes()
+        if "rsa" not in name:  # RSA private keys cost ~35 ms each to validate
+            seeds[f"{name}_is_encrypted"] = bytes((secret | 2,)) + path.read_bytes()
+    rng = make_rng("seeds")
+    seeds["ours_encrypted"] = b"\x01" + dump_private_key(
+        USER_ED25519, PASSPHRASE, "our comment", rng=rng, rounds=1
+    )
+    seeds["ours_pkcs8"] = b"\x00" + dump_private_key(HOST_ECDSA, format="pkcs8")
+    for name, key in (("ed25519", USER_ED25519), ("ecdsa", HOST_ECDSA), ("rsa", HOST_RSA)):
+        seeds[f"codec_{name}"] = b"\x04" + encode_private_key(key)
+    seeds["codec_cert"] = b"\x04" + encode_private_key(USER_ED25519, USER_CERT)  # type: ignore[arg-type]
+    return seeds
+
+
+@generator("authfiles")
+def _authfiles() -> dict[str, bytes]:
+    user = USER_ED25519.public.openssh_line("alice@laptop")
+    ca = CA.public.openssh_line("fuzz CA")
+    host = HOST_ED25519.public.openssh_line()
+    authorized = [
+        user,
+        USER_CERT.openssh_line("alice cert"),
+        'restrict,pty,command="echo \\"hi\\"",environment="LANG=C",from="10.0.0.0/8,!10.0.0.1,'
+        '*.fuzz.example",permitopen="db:5432",permitlisten="127.0.0.1:8080",'
+        'expiry-time="20300101Z",tunnel="1",no-touch-required ' + user,
+        'cert-authority,principals="alice,bob",no-agent-forwarding ' + ca,
+        "no-port-forwarding,no-X11-forwarding,no-user-rc,agent-forwarding "
+        + HOST_RSA.public.openssh_line("rsa"),
+        'from="::1,192.168.0.0/16" ' + HOST_ECDSA.public.openssh_line(),
+    ]
+    known = [
+        "fuzz.example,10.0.0.1 " + host,
+        "[fuzz.example]:2222,[10.0.0.1]:2222 " + HOST_ECDSA.public.openssh_line("ecdsa"),
+        hash_host(host_lookup_name("fuzz.example"), bytes(range(20))) + " " + host,
+        "@cert-authority *.fuzz.example,!bad.fuzz.example " + ca,
+        "@revoked * " + HOST_RSA.public.openssh_line(),
+        "fuzz.example " + HOST_CERT.openssh_line(),
+    ]
+    seeds: dict[str, bytes] = {}
+    for i, line in enumerate(authorized):
+        seeds[f"authorized_{i}"] = b"\x00" + line.encode()
+    for i, line in enumerate(known):
+        seeds[f"known_{i}"] = b"\x01" + line.encode()
+    seeds["authorized_file"] = b"\x02" + "\n# comment\n\n".join(authorized).encode() + b"\n"
+    seeds["known_file"] = b"\x03" + "\r\n".join(["# known", *known, "bad line"]).encode()
+    return seeds
+
+
+@generator("agent")
+def _agent() -> dict[str, bytes]:
+    from fuzz_agent import keyring
+
+    new_key = PrivateKey.from_cryptography(
+        ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    )
+    session_id = bytes(range(32))
+    bind = a.SessionBind(HOST_ED25519.public.blob, session_id, HOST_ED25519.sign(session_id), False)
+    requests: dict[str, list[a.Request | a.Response]] = {
+        "list": [a.RequestIdentities()],
+        "sign_each": [
+            a.SignRequest(entry.public.blob, b"sign me", flags)
+            for entry in keyring(None).keys
+            for flags in (0, a.SIGN_RSA_SHA2_256, a.SIGN_RSA_SHA2_512)
+        ],
+        "add_remove": [
+            a.AddIdentity(new_key, "new"),
+            a.AddIdentity(HOST_ECDSA, "ecdsa", None, (a.Lifetime(60), a.Confirm())),
+            a.AddIdentity(USER_ED25519, "c", USER_CERT, (a.Lifetime(1),)),  # type: ignore[arg-type]
+            a.RequestIdentities(),
+            a.RemoveIdentity(new_key.public.blob),
+            a.RemoveAllIdentities(),
+            a.RequestIdentities(),
+        ],
+        "constraints": [
+            a.AddIdentity(new_key, "m", None, (a.MaxSignatures(5),)),
+            a.AddIdentity(
+                new_key,
+                "e",
+                None,
+                (a.ConstraintExtension("restrict-destination-v00@openssh.com", wire.string(b"")),),
+            ),
+            a.AddIdentity(new_key, "x", None, (a.ConstraintExtension("x@y", b"zz"),)),
+        ],
+        "lock": [a.Lock(b"pw"), a.RequestIdentities(), a.Unlock(b"no"), a.Unlock(b"pw")],
+        "smartcard": [
+            a.AddSmartcardKey("/usr/lib/p11.so", "1234"),
+            a.RemoveSmartcardKey("/usr/lib/p11.so", "1234"),
+        ],
+        "extensions": [bind, a.Extension("query", b""), a.UnknownRequest(99, b"??")],
+        "responses": [
+            a.Failure(),
+            a.Success(b""),
+            a.IdentitiesAnswer((a.Identity(USER_ED25519.public.blob, "u"),)),
+            a.SignResponse(USER_ED25519.sign(b"x")),
+            a.ExtensionFailure(),
+            a.ExtensionResponse("query", wire.string("session-bind@openssh.com")),
+        ],
+    }
+    seeds: dict[str, bytes] = {}
+    for name, messages in requests.items():
+        stream = b"".join(a.frame(msg) for msg in messages)
+        seeds[name] = b"\x00" + stream
+        seeds[f"{name}_forwarded_approving"] = b"\x03" + stream
+    seeds["bad_frame"] = b"\x00" + a.frame(a.RequestIdentities()) + bytes(4)
+    return seeds
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 So CI runs every target on every change even without a fuzzing budget. The
 invariant is the harness's: our errors only, never another exception.
+
+Crashes the fuzzers found are recorded in ``fuzz/crashes/<target>/`` with a
+``KnownBug`` entry in ``fuzz/_harness.py``; each is replayed here, unfiltered, as
+``xfail(strict=True)``: it must still crash with the recorded exception, and once
+the library is fixed the test fails so the entry is removed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pytest
 
 FUZZ = pathlib.Path(__file__).resolve().parent.parent / "fuzz"
 TARGETS = sorted(p for p in FUZZ.glob("fuzz_*.py"))
+CRASHES = sorted(p for p in FUZZ.glob("crashes/*/*") if p.is_file())
 
 
 def _load(path: pathlib.Path):
@@ -52,3 +58,39 @@ def test_target_survives_its_corpus_and_junk(path: pathlib.Path) -> None:
     inputs += [rng.randbytes(rng.randrange(200)) for _ in range(200)]
     for data in inputs:
         module.TestOneInput(data)
+
+
+def _known_bugs():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(FUZZ))
+    try:
+        import _harness
+
+        return _harness.KNOWN_BUGS
+    finally:
+        sys.path.remove(str(FUZZ))
+
+
+def test_every_recorded_crash_is_a_known_bug_and_back() -> None:
+    recorded = {(p.parent.name, p.name) for p in CRASHES}
+    known = {(bug.target, bug.crash) for bug in _known_bugs()}
+    assert recorded == known
+
+
+def _crash_params() -> list[object]:
+    bugs = {(bug.target, bug.crash): bug for bug in _known_bugs()}
+    params = []
+    for path in CRASHES:
+        bug = bugs.get((path.parent.name, path.name))
+        if bug is None:
+            continue  # the test above fails
+        mark = pytest.mark.xfail(strict=True, raises=bug.exception, reason=bug.reason)
+        params.append(pytest.param(path, marks=mark, id=f"{bug.target}/{bug.crash}"))
+    return params
+
+
+if CRASHES:  # an empty parametrize would be reported as a skip
+
+    @pytest.mark.parametrize("path", _crash_params())
+    def test_recorded_crash_still_crashes(path: pathlib.Path) -> None:
+        module = _load(FUZZ / f"fuzz_{path.parent.name}.py")
+        module.check(path.read_bytes())
