@@ -203,6 +203,12 @@ def _settings(args: argparse.Namespace) -> tuple[Config, str, str]:
         addr = config.teleport.auth_servers[0]
     else:
         addr = config.auth_service.listen_addr
+    if addr.port == 0:
+        raise ConfigError(
+            "auth_service.listen_addr uses port 0 (any free port): give the auth service's"
+            " address with --auth-server HOST:PORT",
+            key="--auth-server",
+        )
     if addr.host in ("0.0.0.0", "::", ""):  # noqa: S104 - reach a listen address on loopback
         addr = Address("127.0.0.1" if addr.host != "::" else "::1", addr.port)
     return config, data_dir, str(addr)
