@@ -322,8 +322,10 @@ async def test_errors_name_what_is_wrong(cluster: Cluster, tmp_path: Path) -> No
     # No admin identity in the data directory.
     result = await run_tctl(
         cluster.capsys,
-        ["-c", str(cluster.config_path), "-d", str(tmp_path / "empty")]
-        + ["--auth-server", cluster.addr, "status"],
+        [
+            *("-c", str(cluster.config_path), "-d", str(tmp_path / "empty")),
+            *("--auth-server", cluster.addr, "status"),
+        ],
     )
     assert result.code == 1
     assert result.err.startswith(
