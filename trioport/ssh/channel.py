@@ -50,14 +50,24 @@ class _Busy:
 
 
 class _Inbox:
-    """Bytes received for one stream of a channel (ordinary data or stderr)."""
+    """Bytes received for one stream of a channel (ordinary data or stderr).
 
-    __slots__ = ("buffer", "busy", "lot")
+    Kept as the packets' own ``bytes`` objects, so a reader gets them without a copy.
+    """
+
+    __slots__ = ("busy", "chunks", "lot")
 
     def __init__(self, what: str) -> None:
-        self.buffer = bytearray()
+        self.chunks: collections.deque[bytes] = collections.deque()
         self.lot = trio.lowlevel.ParkingLot()
         self.busy = _Busy(what)
+
+    def take(self, max_bytes: int | None) -> bytes:
+        chunk = self.chunks.popleft()
+        if max_bytes is not None and len(chunk) > max_bytes:
+            self.chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        return chunk
 
 
 class ChannelStream(trio.abc.HalfCloseableStream):
@@ -96,9 +106,10 @@ class ChannelStream(trio.abc.HalfCloseableStream):
     # --- called by SSHConnection's pump (synchronous, never blocks) ---------------
 
     def _on_data(self, data: bytes, stream: int | None) -> None:
-        inbox = self._stdout if stream is None else self._stderr
-        inbox.buffer += data
-        inbox.lot.unpark_all()
+        if data:
+            inbox = self._stdout if stream is None else self._stderr
+            inbox.chunks.append(data)
+            inbox.lot.unpark_all()
 
     def _on_eof(self) -> None:
         self._eof_received = True
@@ -190,8 +201,9 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                 budget = min(window, len(view))
                 while budget > 0:
                     n = min(budget, max_packet)
+                    # The core encodes (copies) the slice at once, so a view is safe.
                     conn.core_send(
-                        ev.ChannelData(channel=self.channel, data=bytes(view[:n]), stream=stream)
+                        ev.ChannelData(channel=self.channel, data=view[:n], stream=stream)
                     )
                     view = view[n:]
                     budget -= n
@@ -218,7 +230,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             if self._closed_by_us:
                 raise trio.ClosedResourceError("channel was closed")
             await trio.lowlevel.checkpoint()
-            while not inbox.buffer:
+            while not inbox.chunks:
                 if self._closed_by_us:
                     raise trio.ClosedResourceError("channel was closed")
                 if self._eof_received:
@@ -228,12 +240,10 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                 await inbox.lot.park()
             if self._closed_by_us:
                 raise trio.ClosedResourceError("channel was closed")
-            n = len(inbox.buffer) if max_bytes is None else min(max_bytes, len(inbox.buffer))
-            out = bytes(inbox.buffer[:n])
-            del inbox.buffer[:n]
+            out = inbox.take(max_bytes)
             # Reopen the peer's window only now that the application has the bytes.
             if not self._closed_by_peer and self._broken is None:
-                self._conn.core_acknowledge(self.channel, n)
+                self._conn.core_acknowledge(self.channel, len(out))
                 self._conn.flush_soon()
             return out
 

@@ -19,6 +19,7 @@ import collections
 import logging
 import math
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -168,6 +169,10 @@ class SSHConnection:
         """
         if self.error is not None:
             raise trio.BrokenResourceError("SSH connection is gone") from self.error
+        if self._written_generation == self._queued_generation and not self._core.has_data_to_send:
+            # Nothing queued and nothing in flight: no need to wake the flusher.
+            await trio.lowlevel.checkpoint()
+            return
         self._queued_generation += 1
         target = self._queued_generation
         self._flush_wanted.set()
@@ -201,6 +206,7 @@ class SSHConnection:
 
     async def _pump(self) -> None:
         core = self._core
+        quickack = _quickack_for(self.stream)
         try:
             while True:
                 while (event := core.next_event()) is not None:
@@ -211,6 +217,8 @@ class SSHConnection:
                 timer = core.get_timer()
                 with trio.move_on_at(timer if timer is not None else math.inf) as scope:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
+                if quickack is not None and not self.authenticated.is_set():
+                    quickack()
                 if scope.cancelled_caught:
                     core.handle_timer(trio.current_time())
                     continue
@@ -659,6 +667,28 @@ async def open_ssh(
         if single is None:
             raise
         raise single from None
+
+
+def _quickack_for(stream: trio.abc.Stream) -> Callable[[], None] | None:
+    """A function re-arming TCP_QUICKACK on ``stream``'s socket, if it has one.
+
+    During the handshake both sides send small packets; a peer with Nagle's
+    algorithm on (OpenSSH, until the session starts) then waits for our delayed ACK,
+    about 40 ms a round on Linux. Linux clears quick-ACK mode by itself, so it is
+    re-armed after every read until the connection is authenticated.
+    """
+    sock = getattr(stream, "socket", None)
+    option = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+
+    def rearm() -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        except OSError:
+            pass
+
+    return rearm
 
 
 async def _run_connection(

@@ -164,6 +164,11 @@ class Connection:
         """
         return self._transport.data_to_send()
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return anything (cheap to ask)."""
+        return self._transport.has_data_to_send
+
     def next_event(self) -> ev.Event | None:
         """The next event, or None when more data is needed (or the connection ended).
 

@@ -166,6 +166,11 @@ class Transport:
         """Bytes received but not yet consumed."""
         return len(self._inbuf) - self._inpos
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether anything is queued for the wire."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Everything queued for the wire; the queue is then empty."""
         out = b"".join(self._out)
