@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trioport.authclient import (
     ADMIN_USER,
@@ -36,9 +37,10 @@ from trioport.errors import (
 )
 from trioport.resources import Metadata, Node, NodeSpec, User
 from trioport.roles.auth import service
+from trioport.roles.auth.api import AuthAPI, IdentityKind
 from trioport.roles.auth.server import AuthServer
-from trioport.ssh import KeySigner, connect
-from trioport.sshproto import ConnectionConfig, Role
+from trioport.ssh import KeySigner, authenticate, connect, open_ssh
+from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto.certs import (
     CertType,
     ServiceRole,
@@ -345,3 +347,23 @@ def test_proxy_public_addr() -> None:
     assert service.proxy_public_addr(config) == "box:3080"
     config.proxy_service.public_addr = Address("proxy.example.com", 443)
     assert service.proxy_public_addr(config) == "proxy.example.com:443"
+
+
+async def test_a_joining_connection_is_closed_after_the_time_limit(
+    auth: AuthServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = AuthAPI(auth, proxy_addr="proxy:3080")
+    handler = service.AuthSSHHandler(api, join_time_limit=60)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server_config = ConnectionConfig(role=Role.SERVER, host_keys=[HostKey(PrivateKey.generate())])
+    async with (
+        open_ssh(server_stream, server_config, handler),
+        open_ssh(client_stream, ConnectionConfig(role=Role.CLIENT)) as conn,
+    ):
+        await authenticate(conn, JOIN_USER, signers=[PrivateKey.generate()])
+        logged_in = trio.current_time()
+        assert handler.identity is not None and handler.identity.kind is IdentityKind.JOIN
+        await conn.wait_closed()
+        assert trio.current_time() - logged_in >= 60
+        assert conn.disconnect_reason is not None
+        assert conn.disconnect_reason.description == "time to join is over"

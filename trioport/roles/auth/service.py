@@ -27,7 +27,9 @@ and only ``publickey`` authentication is offered:
   the identity (``/admin_keys/<sha256 of the key>``); any other key id must be an
   existing user, whose roles are read from the store (and again on every request).
 - the user name :data:`trioport.authclient.JOIN_USER` with a plain key: an unauthenticated
-  caller who may only join (the key is the one it wants certified).
+  caller who may only join (the key is the one it wants certified). Its connection
+  is closed after :data:`JOIN_TIME_LIMIT` seconds whatever it does, so joining
+  cannot be used to hold connections open.
 
 A refused login is an ``auth`` audit event (``T3007W``). After logging in, a
 caller opens a ``session`` channel and asks for the subsystem
@@ -59,6 +61,7 @@ from trioport.errors import (
     ChannelOpenError,
     ChannelOpenFailureReason,
     ConfigError,
+    DisconnectReason,
     NotFound,
     TrioportError,
 )
@@ -96,6 +99,8 @@ ADMIN_DIR = "admin"
 AUTH_DIR = "auth"
 #: Keys allowed to act as the administrator: ``/admin_keys/<sha256 hex of the key blob>``.
 ADMIN_KEYS_PREFIX = "/admin_keys/"
+#: Seconds a connection without a certificate (joining) may stay open.
+JOIN_TIME_LIMIT = 60.0
 #: Shortest wait between two renewals of the administrator's certificate.
 MIN_RENEWAL_WAIT = 60.0
 
@@ -226,10 +231,17 @@ async def _user_identity(
 
 
 class AuthSSHHandler(SSHHandler):
-    """One SSH connection to the auth service: who it is, then its API channels."""
+    """One SSH connection to the auth service: who it is, then its API channels.
 
-    def __init__(self, api: AuthAPI) -> None:
+    Args:
+        api: the API the connection's channels serve.
+        join_time_limit: seconds a connection without a certificate (a host
+            joining) may stay open; it is closed after that, joined or not.
+    """
+
+    def __init__(self, api: AuthAPI, *, join_time_limit: float = JOIN_TIME_LIMIT) -> None:
         self.api = api
+        self.join_time_limit = join_time_limit
         self.identity: Identity | None = None
 
     async def auth(self, conn: SSHConnection, request: ev.UserauthRequest) -> bool:
@@ -251,7 +263,13 @@ class AuthSSHHandler(SSHHandler):
             return False
         if request.signature_ok:
             self.identity = who
+            if who.kind is IdentityKind.JOIN:
+                conn.start_soon(self._end_join, conn)
         return True
+
+    async def _end_join(self, conn: SSHConnection) -> None:
+        await trio.sleep(self.join_time_limit)
+        await conn.disconnect(DisconnectReason.BY_APPLICATION, "time to join is over")
 
     async def _audit_refusal(self, username: str, remote: str | None, reason: str) -> None:
         try:
