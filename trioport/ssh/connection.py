@@ -362,6 +362,18 @@ class SSHConnection:
         except Exception:
             # A bug in one channel's handler closes that channel, not the connection.
             log.exception("channel %d handler crashed", chan.channel)
+        except BaseExceptionGroup as group:
+            # A handler's own nursery reports a client going away as a group of
+            # Broken/Closed errors: routine. Only what is left is a crash.
+            _, rest = group.split(
+                (trio.BrokenResourceError, trio.ClosedResourceError, TrioportError)
+            )
+            if rest is not None:
+                cancelled, other = rest.split(trio.Cancelled)
+                if other is not None:
+                    log.error("channel %d handler crashed", chan.channel, exc_info=other)
+                if cancelled is not None:
+                    raise cancelled from None
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(5):

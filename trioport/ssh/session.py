@@ -205,11 +205,14 @@ async def _run_piped(chan: ChannelStream, argv: list[str], kwargs: dict) -> int:
             await trio.aclose_forcefully(process.stdin)
 
     async def pump(source: trio.abc.ReceiveStream, stream: int | None) -> None:
-        while data := await source.receive_some(32768):
-            if stream is None:
-                await chan.send_all(data)
-            else:
-                await chan.send_extended(data, stream)
+        try:
+            while data := await source.receive_some(32768):
+                if stream is None:
+                    await chan.send_all(data)
+                else:
+                    await chan.send_extended(data, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; the finally below ends the command
 
     try:
         async with trio.open_nursery() as nursery:
@@ -221,6 +224,12 @@ async def _run_piped(chan: ChannelStream, argv: list[str], kwargs: dict) -> int:
             await process.wait()
             nursery.cancel_scope.cancel()
     finally:
+        # Close our ends of the pipes now, not when the garbage collector gets to
+        # them: whatever the command left running (a pipeline, a background job)
+        # then dies of SIGPIPE on its next write, as it would under sshd.
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(pipe)
         if process.returncode is None:
             process.kill()
             with trio.CancelScope(shield=True):
