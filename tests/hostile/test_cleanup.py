@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 import trio
 
 from trioport.sshproto import events as ev
@@ -47,39 +46,47 @@ def _kill(pids: list[int]) -> None:
 async def test_dropped_connection_ends_its_pipelines(hostile_server, keys) -> None:
     # The left side reports its pid and becomes head; $! is cat, the right side.
     command = b"sh -c 'echo $$ >&2; exec head -c 100000123 /dev/zero' | cat & echo $! >&2; wait"
-    pids: list[int] = []
+    # Whether a leak shows depends on how the dropped channel's task unwinds, so
+    # several channels try at once.
+    sessions = 4
+    pids: dict[int, list[int]] = {}
     with trio.fail_after(TIMEOUT):
         bed = await hostile_server()
         peer = await bed.peer()
         await peer.authenticate("mallory", keys.mallory)
         (server_side,) = bed.handler.connections["mallory"]
-        cid = await peer.open_session()
-        await peer.send_event(
-            ev.ChannelRequest(channel=cid, request=ev.Exec(command=command), want_reply=False)
-        )
+        for _ in range(sessions):
+            cid = await peer.open_session()
+            await peer.send_event(
+                ev.ChannelRequest(channel=cid, request=ev.Exec(command=command), want_reply=False)
+            )
 
-        def pids_and_full_window() -> bool:
-            # Both pids on stderr, and our whole window used (stdout and stderr
-            # share it): the server's output pump now waits for a WINDOW_ADJUST
+        def pids_and_full_windows() -> bool:
+            # Both pids on stderr, and each whole window used (stdout and stderr
+            # share it): the server's output pumps now wait for a WINDOW_ADJUST
             # that will never come.
-            data = peer.seen(ev.ChannelData)
-            err = b"".join(e.data for e in data if e.stream == 1)
-            pids[:] = [int(n) for n in re.findall(rb"\d+", err)]
-            return len(pids) == 2 and sum(len(e.data) for e in data) == WINDOW
+            full = 0
+            for cid in range(sessions):
+                data = [e for e in peer.seen(ev.ChannelData) if e.channel == cid]
+                err = b"".join(e.data for e in data if e.stream == 1)
+                pids[cid] = [int(n) for n in re.findall(rb"\d+", err)]
+                full += len(pids[cid]) == 2 and sum(len(e.data) for e in data) == WINDOW
+            return full == sessions
 
-        await peer.until(pids_and_full_window)
+        await peer.until(pids_and_full_windows)
+        everyone = [pid for found in pids.values() for pid in found]
         try:
             # Cleanup must not wait for the garbage collector: keep it out of the way.
             with _no_gc():
                 await peer.aclose()
                 await server_side.wait_closed()
                 with trio.move_on_after(3):
-                    for pid in pids:
+                    for pid in everyone:
                         await _exited(pid)
-                alive = [pid for pid in pids if _alive(pid)]
-            assert alive == [], "the pipeline outlived its connection"
+                alive = [pid for pid in everyone if _alive(pid)]
+            assert alive == [], "pipelines outlived their connection"
         finally:
-            _kill(pids)
+            _kill(everyone)
         await bed.witness_works()
 
 
