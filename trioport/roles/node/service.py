@@ -1,0 +1,181 @@
+"""The node service: this machine's SSH server for the cluster's users.
+
+:func:`serve` is the service (``async def serve(config, *, task_status)``, as every
+trioport service). In order, it:
+
+1. works out the address other hosts reach it at (:func:`.identity.advertise_address`);
+2. loads its identity from ``DATA_DIR/node/``, or joins the cluster with the
+   configured token on its first start (:mod:`.identity`);
+3. keeps a connection to the auth service open, re-made with backoff when lost
+   (:class:`.authlink.AuthLink`);
+4. listens for SSH (``ssh_service.listen_addr``, port 3022), presenting its host
+   certificate and accepting only user certificates (:mod:`.handler`), and calls
+   ``task_status.started(addresses)``;
+5. heartbeats with its labels (:mod:`.heartbeat`), uploads recordings
+   (:mod:`.recorder`) and delivers audit events and session reports
+   (:mod:`.sessions`) in the background.
+
+While the auth service is away, running sessions carry on; new logins are
+decided from recent answers (:mod:`.access`) and everything owed to the auth
+service waits for it.
+
+**Stopping.** Cancelling :func:`serve` ends every session at once. For a graceful
+stop pass ``stop``, a :class:`trio.Event`: once it is set the node refuses new
+logins, waits up to ``shutdown_grace`` seconds for running sessions to end,
+disconnects what is left with the reason "the node is shutting down", gives the
+recordings a few seconds to finish uploading, and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from trioport.config import Address, Config
+from trioport.errors import DisconnectReason
+from trioport.ssh import ServerLimits
+from trioport.ssh import serve as serve_ssh
+from trioport.sshproto import ConnectionConfig, Role
+
+from .access import FRESH_SECONDS, AccessChecker
+from .authlink import AuthLink
+from .context import NodeContext
+from .handler import NodeSSHHandler
+from .heartbeat import HEARTBEAT_INTERVAL, CommandLabels, Heartbeat
+from .identity import advertise_address, auth_servers, load_or_join
+from .recorder import FLUSH_SECONDS, RecordingUploader
+from .sessions import Reporter, SessionRegistry
+
+__all__ = ["serve"]
+
+log = logging.getLogger("trioport.node")
+
+#: Seconds the recordings get to finish uploading at a graceful stop.
+UPLOAD_GRACE = 10.0
+
+
+def _limits(config: Config) -> ServerLimits:
+    lim = config.teleport.connection_limits
+    return ServerLimits(
+        login_grace=lim.login_grace_time.total_seconds(),
+        max_unauthenticated=lim.max_unauthenticated,
+        max_unauthenticated_per_source=lim.max_unauthenticated_per_source,
+        keepalive_interval=lim.keep_alive_interval.total_seconds(),
+        keepalive_count=lim.keep_alive_count_max,
+    )
+
+
+async def serve(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    stop: trio.Event | None = None,
+    shutdown_grace: float = 30.0,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    access_cache_seconds: float = FRESH_SECONDS,
+    recording_flush_seconds: float = FLUSH_SECONDS,
+    reconnect_max_delay: float = 30.0,
+) -> None:
+    """Run the node service until cancelled (or, with ``stop``, until it has stopped).
+
+    Calls ``task_status.started(addresses)`` with the ``(host, port)`` pairs its SSH
+    server listens on, once it has its identity and the port is open.
+
+    Args:
+        config: the configuration (``teleport.nodename``, ``data_dir``,
+            ``auth_token``, ``auth_servers``; ``ssh_service.listen_addr``,
+            ``labels``, ``commands``; ``teleport.connection_limits``). Without
+            ``auth_servers`` a node in the same process as the auth service uses
+            ``auth_service.listen_addr``.
+        task_status: see trio's ``nursery.start``.
+        stop: set it to stop gracefully (see the module's docstring).
+        shutdown_grace: seconds running sessions get to end after ``stop``.
+        heartbeat_interval: seconds between heartbeats.
+        access_cache_seconds: seconds an access answer from auth is reused.
+        recording_flush_seconds: the longest recorded output waits before upload.
+        reconnect_max_delay: the longest wait between reconnects to auth.
+
+    Raises:
+        ConfigError: no join token on the first start, no auth server, bad name.
+        AuthenticationFailed: the join token was refused.
+        AccessDenied: the node name belongs to another host.
+        KeyFormatError: the identity in the data directory is damaged.
+        OSError: the port cannot be opened.
+    """
+    servers = auth_servers(config)
+    advertise = await trio.to_thread.run_sync(advertise_address, config, servers[0])
+    identity = await load_or_join(config, addresses=[advertise], servers=servers)
+    listen = config.ssh_service.listen_addr
+    listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
+    port = listeners[0].socket.getsockname()[1]
+    addr = str(Address(advertise, port))
+    link = AuthLink(servers, identity.client, backoff_max=reconnect_max_delay)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link.run)
+        command_labels = CommandLabels(config.ssh_service.commands)
+        heartbeat = Heartbeat(
+            link,
+            host_id=identity.host_id,
+            hostname=config.teleport.nodename,
+            addr=addr,
+            static_labels=config.ssh_service.labels,
+            command_labels=command_labels,
+            interval=heartbeat_interval,
+        )
+        reporter = Reporter(link)
+        uploader = RecordingUploader(link, nursery, flush_seconds=recording_flush_seconds)
+        node = NodeContext(
+            host_id=identity.host_id,
+            hostname=config.teleport.nodename,
+            cluster_name=identity.cluster_name,
+            user_cas=identity.user_cas,
+            access=AccessChecker(link, fresh=access_cache_seconds),
+            labels=heartbeat.labels,
+            registry=SessionRegistry(),
+            reporter=reporter,
+            uploader=uploader,
+            clock=time.time,
+        )
+        nursery.start_soon(command_labels.run)
+        nursery.start_soon(heartbeat.run)
+        nursery.start_soon(reporter.run)
+        ssh_config = ConnectionConfig(
+            role=Role.SERVER, host_keys=[identity.host_key], auth_methods=("publickey",)
+        )
+        async with trio.open_nursery() as ssh_nursery:
+            addresses = await ssh_nursery.start(
+                serve_ssh, listeners, ssh_config, lambda: NodeSSHHandler(node), _limits(config)
+            )
+            log.info(
+                "node %s (%s) of %s listening on %s, reachable at %s",
+                config.teleport.nodename,
+                identity.host_id,
+                identity.cluster_name,
+                addresses,
+                addr,
+            )
+            task_status.started(addresses)
+            if stop is None:
+                await trio.sleep_forever()
+            await stop.wait()
+            await _drain(node, shutdown_grace)
+            ssh_nursery.cancel_scope.cancel()
+        with trio.move_on_after(UPLOAD_GRACE):
+            await reporter.wait_idle()
+            for recording in list(uploader.active.values()):
+                await recording.done.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _drain(node: NodeContext, grace: float) -> None:
+    """Refuse new logins, let sessions end for ``grace`` seconds, then disconnect."""
+    node.draining = True
+    log.info("node stopping: waiting up to %gs for %d sessions", grace, len(node.registry.sessions))
+    with trio.move_on_after(grace):
+        await node.registry.wait_empty()
+    for conn in list(node.connections):
+        await conn.disconnect(DisconnectReason.BY_APPLICATION, "the node is shutting down")
+    with trio.move_on_after(5):
+        await node.registry.wait_empty()
