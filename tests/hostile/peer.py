@@ -197,6 +197,16 @@ class HostilePeer:
         end = data.index(b"\n") + 1
         return data[:end], data[end:]
 
+    async def send_greeting(self, version_line: bytes) -> None:
+        """Send ``version_line`` (with its CR LF) instead of the core's, then its KEXINIT.
+
+        The core is told it sent this line (``Transport.local_version``, private),
+        so the key exchange hash still matches and the handshake can go on.
+        """
+        _, first_kexinit = self.split_greeting()
+        self.conn._transport.local_version = version_line.rstrip(b"\r\n").decode("ascii")
+        await self.send_raw(version_line + first_kexinit)
+
     async def send_version(self) -> None:
         """Send only the core's identification line; its KEXINIT is thrown away."""
         version, _ = self.split_greeting()

@@ -131,3 +131,35 @@ async def test_bad_packet_length_after_newkeys(
         assert f"Bad packet length {length}" in disconnect.description
         bed.nothing_ran()
         await bed.witness_works()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"SSH-2.0-" + b"A" * 245 + b"\r\n",  # 255 bytes with CR LF: the most RFC 4253 allows
+        b"SSH-2.0-" + b"A" * 246 + b"\n",  # bare LF is tolerated (RFC 4253 §4.2)
+        b"SSH-1.99-OpenSSH_compat\r\n",  # RFC 4253 §5.1: "1.99" means 2.0 too
+        b"SSH-2.0-Hostile_1.0 with comments\r\n",
+    ],
+    ids=["255-bytes", "bare-lf", "ssh-1.99", "comments"],
+)
+async def test_good_version_line_at_the_limits(hostile_server, keys, line: bytes) -> None:
+    # The other side of the version tests: lines at the limits still log in.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.send_greeting(line)
+        await peer.authenticate("mallory", keys.mallory)
+        assert await peer.exec(b"echo in") == b"in\n"
+
+
+async def test_version_line_one_byte_too_long(hostile_server) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.send_greeting(b"SSH-2.0-" + b"A" * 246 + b"\r\n")  # 256 bytes
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == PROTOCOL_ERROR
+        assert "longer than 255 bytes" in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
