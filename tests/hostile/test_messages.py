@@ -65,3 +65,28 @@ async def test_server_message_from_a_client(hostile_server, keys, position: str,
             (server_side,) = bed.handler.connections["mallory"]
             assert server_side.closed
         await bed.witness_works()
+
+
+@pytest.mark.parametrize("position", ["kex", "service", "userauth"])
+async def test_unknown_message_before_login(hostile_server, position: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.goto(position)
+        await peer.send_message(b"\xc8payload")
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == DisconnectReason.PROTOCOL_ERROR
+        assert "unexpected message 200 (unknown)" in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
+
+
+async def test_unknown_message_after_login_is_unimplemented(hostile_server, keys) -> None:
+    # RFC 4253 §11.4: answered with UNIMPLEMENTED; the connection goes on.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.goto("connected", keys.mallory)
+        await peer.inject(b"\xc8payload")
+        assert await peer.exec(b"echo still here") == b"still here\n"
+        await bed.witness_works()
