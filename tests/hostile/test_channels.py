@@ -206,3 +206,37 @@ async def test_ten_thousand_channel_opens(hostile_server, keys) -> None:
         await peer.wait_for(lambda e: e == ev.ChannelClose(channel=first))
         assert await peer.exec(b"echo still here") == b"still here\n"
         await bed.witness_works()
+
+
+@pytest.mark.parametrize(
+    ("sequence", "words"),
+    [
+        (["EOF", "EOF"], "eof on channel 0 in state eof_received"),
+        (["EOF", "EXTENDED_DATA"], "data on channel 0 in state eof_received"),
+        (["CLOSE", "CLOSE"], "channel 0"),
+        (["CLOSE", "REQUEST"], "channel 0"),
+        (["CLOSE", "EOF"], "channel 0"),
+        (["SUCCESS"], "reply on channel 0 to no request"),
+    ],
+    ids=["eof-eof", "eof-extended-data", "close-close", "close-request", "close-eof", "reply"],
+)
+async def test_channel_messages_out_of_order(hostile_server, keys, sequence, words) -> None:
+    # asyncssh's channel checklist: two EOFs, two CLOSEs, data or a request after
+    # EOF or CLOSE, a reply nobody asked for.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await _logged_in(bed, keys)
+        cid = await peer.open_session()
+        remote = peer.remote_channel(cid)
+        assert remote == 0
+        messages = {
+            "EOF": m.ChannelEof(remote),
+            "CLOSE": m.ChannelClose(remote),
+            "EXTENDED_DATA": m.ChannelExtendedData(remote, 1, b"x"),
+            "REQUEST": m.ChannelRequest(remote, "shell", True),
+            "SUCCESS": m.ChannelSuccess(remote),
+        }
+        await peer.inject(*(bytes(messages[name]) for name in sequence))
+        # After a CLOSE the server may already have answered it and forgotten the
+        # number; then the second message names an unknown channel. Both are errors.
+        await _expect_protocol_error(bed, peer, words)

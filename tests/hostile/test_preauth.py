@@ -81,3 +81,38 @@ async def test_exec_after_auth_does_run(hostile_server, keys) -> None:
         await peer.exec(f"touch {bed.marker}".encode())
         assert bed.marker.exists()
         assert bed.handler.opens_by("mallory") == ["session"]
+
+
+#: One of every connection-protocol message (RFC 4254), numbers 80 to 100.
+CONNECTION_MESSAGES = {
+    "GLOBAL_REQUEST": m.GlobalRequest("tcpip-forward", True, wire.string("") + wire.uint32(0)),
+    "REQUEST_SUCCESS": m.RequestSuccess(),
+    "REQUEST_FAILURE": m.RequestFailure(),
+    "CHANNEL_OPEN": m.ChannelOpen("direct-tcpip", 0, 1 << 20, 32768),
+    "CHANNEL_OPEN_CONFIRMATION": m.ChannelOpenConfirmation(0, 0, 1 << 20, 32768),
+    "CHANNEL_OPEN_FAILURE": m.ChannelOpenFailure(0, 1),
+    "CHANNEL_WINDOW_ADJUST": m.ChannelWindowAdjust(0, 1),
+    "CHANNEL_DATA": m.ChannelData(0, b"x"),
+    "CHANNEL_EXTENDED_DATA": m.ChannelExtendedData(0, 1, b"x"),
+    "CHANNEL_EOF": m.ChannelEof(0),
+    "CHANNEL_CLOSE": m.ChannelClose(0),
+    "CHANNEL_REQUEST": m.ChannelRequest(0, "shell", True),
+    "CHANNEL_SUCCESS": m.ChannelSuccess(0),
+    "CHANNEL_FAILURE": m.ChannelFailure(0),
+}
+
+
+@pytest.mark.parametrize("position", ["kex-window", "service", "userauth"])
+@pytest.mark.parametrize("name", list(CONNECTION_MESSAGES))
+async def test_connection_protocol_before_login(hostile_server, position: str, name: str):
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.goto(position)
+        payload = bytes(CONNECTION_MESSAGES[name])
+        await peer.send_message(payload)
+        disconnect = await peer.expect_disconnect()
+        assert disconnect.code == DisconnectReason.PROTOCOL_ERROR
+        assert f"unexpected message {payload[0]} ({name})" in disconnect.description
+        bed.nothing_ran()
+        await bed.witness_works()
