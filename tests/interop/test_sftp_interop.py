@@ -256,14 +256,29 @@ async def test_chroot_keeps_every_path_inside(sftp_server, user_key, area) -> No
         server,
         user_key,
         area,
-        "pwd\nls -1 /\nls -1 ../../..\n-get /../../etc/passwd p\nput batch /home/b\n",
+        "pwd\nls -1 /\nls -1 ../../..\n-get /../../etc/passwd p\nput batch /home/b\nls -l /\n",
     )
     out = result.stdout.decode()
+    assert "-rw-------" in out  # long listings work inside the chroot
     assert "Remote working directory: /home" in out
     assert "/etc" not in out.replace("/etc/passwd", "")
-    assert out.count("secret.txt") == 2  # "/" and "../../.." are both the chroot
+    assert out.count("secret.txt") == 3  # "/" and "../../.." are both the chroot
     assert not (area.local / "p").exists()
     assert (area.home / "b").read_bytes() == (area.local / "batch").read_bytes()
+
+
+async def test_a_login_without_an_account_gets_a_clear_error(sftp_server, user_key, area) -> None:
+    server = await sftp_server(user="no-such-login-here")
+    result = await sftp_batch(server, user_key, area, "pwd\n", check=False)
+    assert result.returncode != 0
+    assert b"sftp: no such user: no-such-login-here" in result.stderr
+
+
+async def test_a_chroot_that_fails_ends_the_session(sftp_server, user_key, area) -> None:
+    server = await sftp_server(root=str(area.top / "missing"))
+    result = await sftp_batch(server, user_key, area, "pwd\n", check=False)
+    assert result.returncode != 0
+    assert b"Remote working directory" not in result.stdout
 
 
 # --- scp ---------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ...errors import RemoteProtocolError
+from ...ssh.channel import ChannelStream
 from ...sshproto import events as ev
 from ...sshproto import sftp
 from ...sshproto.sftp import Attrs, NameEntry, Status, StatusCode
@@ -552,7 +553,7 @@ def resolve_identity(
 
 
 async def serve_sftp(
-    chan: trio.abc.HalfCloseableStream,
+    chan: ChannelStream,
     *,
     root: str | None = None,
     user: str | int | None = None,
@@ -578,15 +579,19 @@ async def serve_sftp(
         umask: the file creation mask (sshd's default 022).
 
     Reports the child's exit status on the channel (0 after a clean end, 2 after a
-    protocol violation) and sends EOF; the caller closes the channel.
-
-    Raises:
-        KeyError: ``user`` or ``group`` does not exist.
+    protocol violation, 1 if it could not start: an unknown login, a chroot that
+    fails) and sends EOF; the caller closes the channel. Never raises for the
+    client's or the login's sake.
     """
     argv = [sys.executable, "-I", "-m", __name__, "--umask", oct(umask)]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     if user is not None:
-        ident = resolve_identity(user, group, extra_groups)
+        try:
+            ident = resolve_identity(user, group, extra_groups)
+        except KeyError:
+            log.warning("sftp: no OS account for login %r", user)
+            await _end(chan, 1, f"sftp: no such user: {user}\r\n")
+            return
         argv += ["--uid", str(ident.uid), "--gid", str(ident.gid), "--home", ident.home]
         argv += ["--groups", ",".join(map(str, ident.groups))]
         env.update(HOME=ident.home, USER=ident.name, LOGNAME=ident.name)
@@ -596,15 +601,20 @@ async def serve_sftp(
         argv += ["--root", root]
     if cwd is not None:
         argv += ["--cwd", cwd]
-    process = await trio.lowlevel.open_process(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd="/",
-        start_new_session=True,
-    )
+    try:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("sftp: cannot start the server process: %s", exc)
+        await _end(chan, 1, "sftp: cannot start the server\r\n")
+        return
     assert process.stdin and process.stdout and process.stderr
 
     async def to_child() -> None:
@@ -643,8 +653,16 @@ async def serve_sftp(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+    code = process.returncode
+    await _end(chan, code if code >= 0 else 128 - code)
+
+
+async def _end(chan: ChannelStream, status: int, message: str = "") -> None:
+    """Report how the subsystem ended (stderr message, exit-status, EOF)."""
     try:
-        await chan.request(ev.ExitStatus(status=max(process.returncode, 0)), want_reply=False)
+        if message:
+            await chan.send_extended(message.encode())
+        await chan.request(ev.ExitStatus(status=status), want_reply=False)
         await chan.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -655,6 +673,11 @@ async def serve_sftp(
 
 def _drop_privileges(args: argparse.Namespace) -> None:
     """chroot if asked, then become the login for good (real, effective and saved ids)."""
+    # Load what the C library reads lazily (name service modules, the time zone)
+    # while the real root is still visible, as sftp-server does before chroot.
+    _name_of(pwd.getpwuid, os.getuid())
+    _name_of(grp.getgrgid, os.getgid())
+    time.localtime()
     if args.root:
         os.chroot(args.root)
         os.chdir("/")
@@ -687,7 +710,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--umask", type=lambda s: int(s, 8), default=0o022)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    _drop_privileges(args)
+    try:
+        _drop_privileges(args)
+    except OSError as exc:
+        log.warning("sftp: cannot become the login: %s", exc)
+        return 1
     os.umask(args.umask)
     for start in (args.cwd, args.home, "/"):
         if start:
