@@ -131,7 +131,10 @@ async def sftp_batch(server: Server, key, area: Area, commands: str, check: bool
     batch = area.local / "batch"
     batch.write_text(commands)
     cmd = [SFTP, *_options(), "-P", str(server.port), "-i", str(key.path), "-b", str(batch)]
-    return await run([*cmd, "nobody@127.0.0.1"], check=check, cwd=area.local)
+    result = await run([*cmd, "nobody@127.0.0.1"], check=False, cwd=area.local)
+    if check and result.returncode:
+        raise AssertionError(result.stdout.decode() + result.stderr.decode())
+    return result
 
 
 async def scp(server: Server, key, *args: str, legacy: bool = False, check: bool = True):
@@ -186,6 +189,33 @@ async def test_sftp_batch_put_get_ls_mkdir_rename_chmod_symlink_rm_df(
     assert "-rw-r-----" in out and "nobody" in out and "renamed.txt" in out
     assert "Size" in out and "Avail" in out
     assert server.subsystem_calls == ["sftp"]
+
+
+async def test_sftp_hardlink_copy_resume_and_fsync(sftp_server, user_key, area) -> None:
+    server = await sftp_server()
+    data = os.urandom(300_000)
+    (area.local / "whole.bin").write_bytes(data)
+    (area.home / "half.bin").write_bytes(data[:100_000])  # an interrupted upload
+    (area.local / "part.bin").write_bytes(data[:70_000])  # an interrupted download
+    (area.home / "src.bin").write_bytes(data)
+    for name in ("half.bin", "src.bin"):  # nobody's own files
+        os.chown(area.home / name, NOBODY.pw_uid, NOBODY.pw_gid)
+    await sftp_batch(
+        server,
+        user_key,
+        area,
+        "ln src.bin hard.bin\n"  # hardlink@openssh.com
+        "cp src.bin copy.bin\n"  # copy-data
+        "reput whole.bin half.bin\n"  # stat, then WRITE from the remote size on
+        "reget src.bin part.bin\n"
+        "put -f whole.bin synced.bin\n",  # fsync@openssh.com after the upload
+    )
+    assert (area.home / "hard.bin").stat().st_ino == (area.home / "src.bin").stat().st_ino
+    assert (area.home / "copy.bin").read_bytes() == data
+    assert (area.home / "copy.bin").stat().st_ino != (area.home / "src.bin").stat().st_ino
+    assert (area.home / "half.bin").read_bytes() == data
+    assert (area.local / "part.bin").read_bytes() == data
+    assert (area.home / "synced.bin").read_bytes() == data
 
 
 async def test_sftp_rename_refuses_to_replace_but_posix_rename_does(
@@ -389,6 +419,43 @@ async def test_our_client_gets_puts_and_lists(sftp_server, user_key, area) -> No
         await client.remove("d/l")
         await client.rmdir("d")
         assert not (area.home / "d").exists()
+
+
+def sftp_children() -> list[int]:
+    """Our sftp child processes (the server runs in this test's process)."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"trioport.roles.node.sftp_server" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_the_child_runs_as_the_login_and_dies_with_the_session(sftp_server, user_key) -> None:
+    server = await sftp_server()
+    with trio.CancelScope() as scope:
+        async with (
+            connect(
+                "127.0.0.1", server.port, username="x", signers=[user_key.key], config=CLIENT
+            ) as conn,
+            open_sftp(conn),
+        ):
+            (child,) = sftp_children()
+            status = pathlib.Path(f"/proc/{child}/status").read_text()  # noqa: ASYNC240
+            uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uids.split()[1:] == [str(NOBODY.pw_uid)] * 4  # real, effective, saved, fs
+            scope.cancel()  # the client vanishes mid-session
+            await trio.sleep_forever()
+    with trio.fail_after(10):
+        while sftp_children():  # noqa: ASYNC110 - other processes
+            await trio.sleep(0.05)
 
 
 # --- hostile clients -----------------------------------------------------------------------
