@@ -413,6 +413,12 @@ async def test_our_client_gets_puts_and_lists(sftp_server, user_key, area) -> No
         with pytest.raises(SFTPError) as denied:
             await client.get(str(area.secret), area.local / "s")
         assert denied.value.code == StatusCode.PERMISSION_DENIED
+        with pytest.raises(SFTPError) as directory:  # opens, then READ fails: EISDIR
+            await client.get(".", area.local / "dir")
+        assert directory.value.code == StatusCode.FAILURE
+        with pytest.raises(SFTPError) as denied:
+            await client.put(area.local / "mine.bin", str(area.top / "not-mine.bin"))
+        assert denied.value.code == StatusCode.PERMISSION_DENIED
         with pytest.raises(SFTPError) as missing:
             await client.stat("nope")
         assert missing.value.code == StatusCode.NO_SUCH_FILE

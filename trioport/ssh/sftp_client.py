@@ -14,13 +14,13 @@ the server's message; a broken session raises trio's ``BrokenResourceError``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import ChannelOpenError, ChannelOpenFailureReason, TrioportError
+from ..errors import ChannelOpenError, ChannelOpenFailureReason, DecodeError, TrioportError
 from ..sshproto import events as ev
 from ..sshproto import sftp
 from ..sshproto.sftp import Attrs, NameEntry, OpenFlags, StatusCode
@@ -71,9 +71,12 @@ class SFTPClient:
             raise trio.BrokenResourceError("the server did not answer INIT")
         nursery.start_soon(self._reader)
         if b"limits@openssh.com" in self.extensions:
-            reply = await self._request(lambda i: sftp.Limits(i), None)
-            if isinstance(reply, sftp.ExtendedReply):
-                self.limits = sftp.LimitsReply.decode(reply.data)
+            try:
+                reply = await self._request(lambda i: sftp.Limits(i), None)
+                if isinstance(reply, sftp.ExtendedReply):
+                    self.limits = sftp.LimitsReply.decode(reply.data)
+            except (SFTPError, DecodeError):
+                pass  # keep the defaults: OpenSSH's own limits
 
     async def _next_response(self) -> sftp.Response:
         while (response := self._session.next_response()) is None:
@@ -259,9 +262,7 @@ class SFTPClient:
                     pos += len(data)
 
         try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(IN_FLIGHT):
-                    nursery.start_soon(worker)
+            await _run_workers(worker)
             size = state["eof"] or 0
             await trio.to_thread.run_sync(os.ftruncate, fd, size)
         finally:
@@ -294,14 +295,37 @@ class SFTPClient:
                     await self._status(lambda i, at=offset, d=data: sftp.Write(i, handle, at, d), r)
 
             try:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(IN_FLIGHT):
-                        nursery.start_soon(worker)
+                await _run_workers(worker)
             finally:
                 await self._close(handle, r)
         finally:
             os.close(fd)
         return st.st_size
+
+
+async def _run_workers(worker: Callable[[], Awaitable[None]]) -> None:
+    """Run :data:`IN_FLIGHT` copies of ``worker``; the first failure stops them all.
+
+    Raises the failing worker's own exception (not an ExceptionGroup), so callers
+    catch :class:`SFTPError` and ``OSError`` as documented.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(IN_FLIGHT):
+                nursery.start_soon(worker)
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if leaves and all(isinstance(e, Exception) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 @asynccontextmanager
