@@ -80,7 +80,7 @@ class Totp:
 
 
 @dataclass
-class TestUser:
+class ClusterUser:
     name: str
     password: str
     totp: Totp
@@ -88,7 +88,7 @@ class TestUser:
 
 
 @dataclass
-class TestNode:
+class ClusterNode:
     name: str
     host_id: str
     addr: Address
@@ -104,8 +104,8 @@ class Cluster:
     proxy: ProxyAddresses
     admin: ClientIdentity
     nursery: trio.Nursery
-    nodes: dict[str, TestNode] = field(default_factory=dict)
-    users: dict[str, TestUser] = field(default_factory=dict)
+    nodes: dict[str, ClusterNode] = field(default_factory=dict)
+    users: dict[str, ClusterUser] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -136,18 +136,18 @@ class Cluster:
 
     async def add_user(
         self, name: str, *, logins: list[str] | None = None, roles: list[str] | None = None
-    ) -> TestUser:
+    ) -> ClusterUser:
         logins = [LOGIN] if logins is None else logins
         async with self.admin_client() as client:
             invite = await client.add_user(name, logins=logins, roles=roles)
             enrolment = await client.start_enrolment(invite["token"])
             totp = Totp(enrolment["secret"])
             await client.complete_invite(invite["token"], PASSWORD, await totp.code())
-        user = TestUser(name, PASSWORD, totp, logins)
+        user = ClusterUser(name, PASSWORD, totp, logins)
         self.users[name] = user
         return user
 
-    async def add_node(self, name: str, labels: Mapping[str, str] | None = None) -> TestNode:
+    async def add_node(self, name: str, labels: Mapping[str, str] | None = None) -> ClusterNode:
         """Start a stand-in node (see the module docstring) and register it."""
         async with self.admin_client() as client:
             token = (await client.add_token(["node"]))["token"]
@@ -171,7 +171,7 @@ class Cluster:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         addrs = await self.nursery.start(serve_ssh, listeners, config, factory)
         addr = Address("127.0.0.1", int(addrs[0][1]))
-        node = TestNode(name, joined.host_id, addr, dict(labels or {}))
+        node = ClusterNode(name, joined.host_id, addr, dict(labels or {}))
         report = Node(
             metadata=Metadata(name=joined.host_id, labels=dict(labels or {})),  # type: ignore[arg-type]
             spec=NodeSpec(hostname=name, addr=str(addr)),

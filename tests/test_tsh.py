@@ -1,0 +1,219 @@
+"""tsh end to end: a real cluster (auth, proxy, nodes) on loopback, driven through the CLI.
+
+Every test starts its own cluster in its trio loop (:mod:`tests.roles.proxy.cluster`)
+and runs ``tsh`` as a subprocess with its own ``TSH_HOME``. The proxy's HTTPS
+certificate is self-signed; tsh is told to trust it with ``SSL_CERT_FILE``, the
+way an operator would hand it to users (one test checks that without it, or
+``--insecure``, tsh refuses). OpenSSH's ``ssh`` is driven with the configuration
+``tsh config`` prints, through the same proxy and with the same certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from tests.roles.proxy.cluster import LOGIN, Cluster, ClusterUser, open_cluster, tsh_env
+from trioport.sshproto.keys import PrivateKey
+
+SSH = shutil.which("ssh") or "/usr/bin/ssh"
+SSH_AGENT = shutil.which("ssh-agent") or "/usr/bin/ssh-agent"
+SSH_ADD = shutil.which("ssh-add") or "/usr/bin/ssh-add"
+TSH = [sys.executable, "-m", "trioport_cli.tsh"]
+
+DENY_SECRET = {
+    "kind": "role",
+    "metadata": {"name": "no-secret"},
+    "spec": {
+        "allow": {"logins": [LOGIN], "node_labels": {"*": "*"}, "rules": []},
+        "deny": {"node_labels": {"env": "secret"}},
+    },
+}
+
+
+async def tsh(
+    cluster: Cluster,
+    home: Path,
+    *args: str,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    environ = tsh_env(home, SSL_CERT_FILE=str(cluster.https_cert), **(env or {}))
+    return await trio.run_process(
+        [*TSH, *args],
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=environ,
+    )
+
+
+async def login(cluster: Cluster, home: Path, user: ClusterUser, *extra: str) -> str:
+    code = await user.totp.code()
+    done = await tsh(
+        cluster,
+        home,
+        "login",
+        f"--proxy={cluster.web_addr}",
+        f"--user={user.name}",
+        *extra,
+        stdin=f"{user.password}\n{code}\n".encode(),
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def text(done: subprocess.CompletedProcess[bytes]) -> str:
+    return done.stdout.decode() + done.stderr.decode()
+
+
+# --- login, status, logout --------------------------------------------------------------
+
+
+async def test_login_stores_a_certificate_and_status_shows_it(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        alice = await cluster.add_user("alice", logins=[LOGIN, "deploy"])
+        home = tmp_path / "tsh"
+        out = await login(cluster, home, alice)
+        assert "Logged in as: alice" in out
+        assert f"Cluster:      {cluster.name}" in out
+        assert "deploy" in out and LOGIN in out
+        proxy_dir = home / "keys" / "127.0.0.1"
+        key = proxy_dir / "alice"
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert stat.S_IMODE(proxy_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        PrivateKey.from_openssh(key.read_bytes())  # an OpenSSH key file
+        cert_line = (proxy_dir / "alice-cert.pub").read_text()
+        assert cert_line.startswith("ssh-ed25519-cert-v01@openssh.com ")
+        known = (home / "known_hosts").read_text()
+        assert known.startswith(f"@cert-authority *.{cluster.name},127.0.0.1,[127.0.0.1]:")
+        assert f"clustername={cluster.name}" in known
+
+        status = await tsh(cluster, home, "status", "--format=json")
+        doc = json.loads(status.stdout)
+        assert doc["user"] == "alice" and doc["cluster"] == cluster.name
+        assert sorted(doc["logins"]) == sorted([LOGIN, "deploy"])
+        assert doc["roles"] == ["access"] and doc["expired"] is False
+
+        events = await cluster.events("user.login")
+        assert any(e.get("user") == "alice" and e.get("success") for e in events)
+
+        out = text(await tsh(cluster, home, "logout"))
+        assert "Logged out alice" in out
+        assert not key.exists()
+        assert "clustername" not in (home / "known_hosts").read_text()
+        status = await tsh(cluster, home, "status")
+        assert status.returncode == 1 and "Not logged in" in text(status)
+
+
+async def test_wrong_password_or_code_is_refused_and_repeated_failures_lock(
+    tmp_path: Path,
+) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        bob = await cluster.add_user("bob")
+        home = tmp_path / "tsh"
+        args = ("login", f"--proxy={cluster.web_addr}", "--user=bob")
+        wrong_password = await tsh(
+            cluster, home, *args, stdin=f"not the password\n{bob.totp.wrong_code()}\n".encode()
+        )
+        assert wrong_password.returncode == 1
+        message = wrong_password.stderr.decode()
+        assert "invalid user name, password or second factor code" in message
+        assert "locked for 30 minutes" in message
+        assert not (home / "keys").exists()
+        wrong_code = await tsh(
+            cluster, home, *args, stdin=f"{bob.password}\n{bob.totp.wrong_code()}\n".encode()
+        )
+        assert wrong_code.returncode == 1
+        assert "invalid user name, password or second factor code" in text(wrong_code)
+        for _ in range(3):
+            await tsh(
+                cluster, home, *args, stdin=f"nope nope nope\n{bob.totp.wrong_code()}\n".encode()
+            )
+        # Five failures: now even the right password and code are refused.
+        locked = await tsh(
+            cluster, home, *args, stdin=f"{bob.password}\n{await bob.totp.code()}\n".encode()
+        )
+        assert locked.returncode == 1
+        assert "tctl users unlock" in text(locked)
+        events = await cluster.events("user.login")
+        failures = [e for e in events if e.get("user") == "bob" and e.get("success") is False]
+        assert len(failures) >= 6
+
+
+async def test_login_refuses_an_untrusted_https_certificate_unless_insecure(
+    tmp_path: Path,
+) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        carol = await cluster.add_user("carol")
+        home = tmp_path / "tsh"
+        env = tsh_env(home)  # no SSL_CERT_FILE: the self-signed certificate is unknown
+        done = await trio.run_process(
+            [*TSH, "login", f"--proxy={cluster.web_addr}", "--user=carol"],
+            stdin=f"{carol.password}\n{carol.totp.wrong_code()}\n".encode(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 1
+        assert "not trusted" in text(done) and "--insecure" in text(done)
+        done = await trio.run_process(
+            [*TSH, "login", f"--proxy={cluster.web_addr}", "--user=carol", "--insecure"],
+            stdin=f"{carol.password}\n{await carol.totp.code()}\n".encode(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 0, text(done)
+
+
+# --- ls and ssh -----------------------------------------------------------------------
+
+
+async def test_ls_and_ssh_through_the_proxy(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_role(DENY_SECRET)
+        await cluster.add_node("web1", {"env": "prod", "team": "web"})
+        await cluster.add_node("db1", {"env": "prod", "team": "db"})
+        await cluster.add_node("vault", {"env": "secret"})
+        dave = await cluster.add_user("dave", roles=["no-secret"])
+        home = tmp_path / "tsh"
+        await login(cluster, home, dave)
+
+        listing = await tsh(cluster, home, "ls")
+        assert listing.returncode == 0, text(listing)
+        lines = listing.stdout.decode().splitlines()
+        assert lines[0].split() == ["Node", "Name", "Address", "Labels"]
+        assert [line.split()[0] for line in lines[2:]] == ["db1", "web1"]
+        assert "vault" not in listing.stdout.decode()
+        names = await tsh(cluster, home, "ls", "team=web", "--format=names")
+        assert names.stdout.decode().split() == ["web1"]
+
+        done = await tsh(
+            cluster, home, "ssh", "web1", "echo", "hello from", "$((6*7))", ";", "exit 7"
+        )
+        assert done.stdout == b"hello from 42\n"
+        assert done.returncode == 7
+        done = await tsh(cluster, home, "ssh", f"{LOGIN}@db1.{cluster.name}", "id -un")
+        assert done.returncode == 0 and done.stdout.decode().strip() == LOGIN
+        done = await tsh(cluster, home, "ssh", "team=db", "echo", "by label")
+        assert done.stdout == b"by label\n"
+
+        denied = await tsh(cluster, home, "ssh", "vault", "true")
+        assert denied.returncode == 255
+        assert "access to node 'vault' denied: role 'no-secret' denies access" in text(denied)
+        missing = await tsh(cluster, home, "ssh", "nosuch", "true")
+        assert missing.returncode == 255
+        assert "no node 'nosuch'" in text(missing) and "db1, web1" in text(missing)
+        rejected = await cluster.events("session.rejected")
+        assert any(e.get("user") == "dave" and "vault" in str(e.get("error")) for e in rejected)
