@@ -28,10 +28,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import InternalError
+
 from trioport.errors import TrioportError
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 CRASHES = pathlib.Path(__file__).resolve().parent / "crashes"
+DICTS = pathlib.Path(__file__).resolve().parent / "dicts"
 
 #: What a parser may raise on hostile input. Everything else is a crash.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (TrioportError,)
@@ -54,6 +57,9 @@ def main(target: Callable[[bytes], None], name: str) -> None:
     args = list(sys.argv)
     if not any(not a.startswith("-") for a in args[1:]):
         args.append(str(corpus))
+    dictionary = DICTS / f"{name}.dict"
+    if dictionary.is_file() and not any(a.startswith("-dict=") for a in args):
+        args.insert(1, f"-dict={dictionary}")
     atheris.instrument_all()  # everything imported so far, trioport included
     atheris.Setup(args, target)
     atheris.Fuzz()
@@ -69,6 +75,9 @@ class KnownBug:
     exception: type[BaseException]
     where: str
     reason: str
+    #: For a hang: the CPU seconds the replay gets before it counts as still hanging
+    #: (``exception`` is then ``TimeoutError``, which nothing raises in-process).
+    cpu_seconds: float | None = None
 
 
 #: Bugs found and not yet fixed in the library (see the module docstring).
@@ -80,6 +89,34 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         where="authfiles.py:_split_word",
         reason="parse_known_host('@revoked') (a marker and nothing else) raises"
         " IndexError instead of KeyFormatError, and parse_known_hosts does not skip it",
+    ),
+    KnownBug(
+        target="authfiles",
+        crash="tunnel_superscript_digit",
+        exception=ValueError,
+        where="authfiles.py:parse",
+        reason='tunnel="\\xb2" in authorized_keys: str.isdigit() accepts "²" but int()'
+        " refuses it, so KeyOptions.parse raises ValueError instead of KeyFormatError",
+    ),
+    KnownBug(
+        target="keyfiles",
+        crash="pkcs8_scrypt_unallocatable",
+        exception=InternalError,
+        where="keyfiles.py:_load_pem",
+        reason="an encrypted PKCS#8 key whose scrypt N (2**40) cannot be allocated: with a"
+        " passphrase, cryptography raises InternalError (malloc failure), which"
+        " load_private_key lets escape instead of KeyFormatError",
+    ),
+    KnownBug(
+        target="keyfiles",
+        crash="pkcs8_pbkdf2_2e31_iterations",
+        exception=TimeoutError,
+        where="(hang)",
+        reason="an encrypted PKCS#8 key asking for 2**31-1 PBKDF2 iterations: with any"
+        " passphrase load_private_key computes them all (about 6 minutes of CPU);"
+        " max_kdf_rounds caps only openssh-key-v1 files, not PEM/PKCS#8 (PBKDF2"
+        " iterations, scrypt N, r, p)",
+        cpu_seconds=3.0,
     ),
 )
 

@@ -333,12 +333,33 @@ def _keygen(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     keygen("ecdsa_enc", "-t", "ecdsa", "-N", "fuzz", "-a", "2")
     keygen("rsa_pem", "-t", "rsa", "-b", "2048", "-N", "", "-m", "PEM")
     keygen("ecdsa_pem", "-t", "ecdsa", "-N", "", "-m", "PEM")
-    keygen("ed25519_pkcs8", "-t", "ed25519", "-N", "", "-m", "PKCS8")
     keygen("ecdsa_pkcs8", "-t", "ecdsa", "-N", "", "-m", "PKCS8")
-    # ssh-keygen wants 5+ characters for PEM passphrases; openssl encrypts with "fuzz".
+    # ssh-keygen writes Ed25519 keys only in its own format, and wants 5+ characters
+    # for PEM passphrases: openssl makes these (encrypted with "fuzz").
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(folder / "ed25519_pkcs8")],
+        check=True,
+    )
+    made["ed25519_pkcs8"] = folder / "ed25519_pkcs8"
     for name, command in (
         ("ecdsa_pkcs8_enc", ["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "ecdsa_pkcs8"]),
         ("ecdsa_pem_enc", ["ec", "-aes256", "-in", "ecdsa_pem"]),
+        (
+            "ed25519_pkcs8_scrypt_enc",  # the smallest cost: mutations stay cheap
+            [
+                "pkcs8",
+                "-topk8",
+                "-scrypt",
+                "-scrypt_N",
+                "2",
+                "-scrypt_r",
+                "1",
+                "-scrypt_p",
+                "1",
+                "-in",
+                "ed25519_pkcs8",
+            ],
+        ),
     ):
         out = folder / name
         subprocess.run(

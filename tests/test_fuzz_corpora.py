@@ -12,8 +12,12 @@ the library is fixed the test fails so the entry is removed.
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 import random
+import resource
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -88,9 +92,39 @@ def _crash_params() -> list[object]:
     return params
 
 
+def _replay_with_cpu_limit(path: pathlib.Path, seconds: float) -> None:
+    """Replay a recorded hang in a child limited to ``seconds`` of CPU.
+
+    Raises:
+        TimeoutError: the child used up its CPU and was killed: still hanging.
+    """
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(seconds), math.ceil(seconds) + 1))
+
+    code = (
+        "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+        " target = importlib.import_module('fuzz_' + sys.argv[2]);"
+        " target.check(open(sys.argv[3], 'rb').read())"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(FUZZ), path.parent.name, str(path)],
+        preexec_fn=limit,
+        capture_output=True,
+        check=False,
+    )
+    if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise TimeoutError(f"{path.name} still runs past {seconds} s of CPU")
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+
+
 if CRASHES:  # an empty parametrize would be reported as a skip
 
     @pytest.mark.parametrize("path", _crash_params())
     def test_recorded_crash_still_crashes(path: pathlib.Path) -> None:
+        bug = {(b.target, b.crash): b for b in _known_bugs()}[(path.parent.name, path.name)]
+        if bug.cpu_seconds is not None:
+            _replay_with_cpu_limit(path, bug.cpu_seconds)
+            return
         module = _load(FUZZ / f"fuzz_{path.parent.name}.py")
         module.check(path.read_bytes())
