@@ -2,8 +2,8 @@
 
 The node runs as root and its sessions run as an OS login, so file operations must
 be checked by the kernel against that login, not against root. We do what OpenSSH
-does with sftp-server: :func:`serve_sftp` starts a child process
-(``python -m trioport.roles.node.sftp_server``) that sets its groups, gid and uid
+does with sftp-server: :func:`serve_sftp` starts a child process (``python -I``
+running this module's :func:`main`) that sets its groups, gid and uid
 to the login's (after an optional chroot), and speaks the SFTP byte stream over
 its stdin and stdout; the parent only copies bytes between the channel and the
 child. Whatever the child can open, the login could open; nothing it does runs
@@ -523,6 +523,16 @@ async def serve_sftp_stream(
 
 # --- the parent side (runs in the node) ----------------------------------------------------
 
+#: Where the ``trioport`` package lives. The child runs ``python -I`` (no
+#: environment variables, no user site, no working directory on ``sys.path``, so
+#: nothing of the login's can be imported) and finds trioport through this path
+#: even when the node itself was started with PYTHONPATH.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from trioport.roles.node.sftp_server import main; sys.exit(main(sys.argv[1:]))"
+)
+
 
 @dataclass(frozen=True)
 class SftpIdentity:
@@ -583,7 +593,7 @@ async def serve_sftp(
     fails) and sends EOF; the caller closes the channel. Never raises for the
     client's or the login's sake.
     """
-    argv = [sys.executable, "-I", "-m", __name__, "--umask", oct(umask)]
+    argv = [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_PARENT, "--umask", oct(umask)]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     if user is not None:
         try:
