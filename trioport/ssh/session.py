@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import pwd
 import signal
 import struct
 import subprocess
@@ -136,18 +137,41 @@ async def run_process_on_channel(
     if pty is not None:
         full_env["TERM"] = pty.term or "xterm"
     argv = [policy.shell, "-l"] if command is None else [policy.shell, "-c", command]
+    group, extra_groups = _groups_for(policy)
     kwargs: dict[str, object] = {
         "env": full_env,
         "cwd": policy.cwd,
         "user": policy.user,
-        "group": policy.group,
-        "extra_groups": policy.extra_groups,
+        "group": group,
+        "extra_groups": extra_groups,
     }
     if pty is None:
         status = await _run_piped(chan, argv, kwargs)
     else:
         status = await _run_on_pty(chan, argv, kwargs, pty)
     await _report_exit(chan, status)
+
+
+def _groups_for(policy: SessionPolicy) -> tuple[str | int | None, list[int] | None]:
+    """The group and supplementary groups to run as: the login's own unless given.
+
+    Switching only the uid would leave a child of a root server in root's groups;
+    like login(1), a session gets the user's primary group and group list.
+    """
+    group, extra = policy.group, policy.extra_groups
+    if policy.user is None:
+        return group, extra
+    try:
+        entry = (
+            pwd.getpwuid(policy.user) if isinstance(policy.user, int) else pwd.getpwnam(policy.user)
+        )
+    except KeyError:
+        return group, extra  # subprocess reports the unknown user
+    if group is None:
+        group = entry.pw_gid
+    if extra is None:
+        extra = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return group, extra
 
 
 async def _report_exit(chan: ChannelStream, returncode: int) -> None:
