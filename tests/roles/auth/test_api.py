@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
 from trioport.resources import (
     Metadata,
@@ -554,3 +556,40 @@ async def test_status_counts_and_the_ca_lines(api: AuthAPI, auth: AuthServer) ->
     assert cas["user"]["lines"][0].startswith("cert-authority ssh-ed25519 ")
     assert cas["host"]["lines"][0].startswith("@cert-authority * ssh-ed25519 ")
     assert cas["host"]["pin"] == reply["ca_pin"]
+
+
+async def serve_raw(api: AuthAPI, who: Identity, data: bytes) -> bytes:
+    """Feed ``data`` to the API's HTTP server over a stream, then read all it answers."""
+    client, server = trio.testing.memory_stream_pair()
+
+    async def serve() -> None:
+        async with server:  # as the SSH layer closes the channel when the API is done
+            await api.serve_channel(server, who)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await client.send_all(data)
+        await client.send_eof()
+        out = b""
+        while chunk := await client.receive_some():
+            out += chunk
+    return out
+
+
+async def test_keep_alive_answers_requests_in_order(api: AuthAPI) -> None:
+    request = b"GET /v1/whoami HTTP/1.1\r\nHost: auth\r\n\r\n"
+    post = b'POST /v1/users HTTP/1.1\r\nHost: auth\r\nContent-Length: 11\r\n\r\n{"name": 5}'
+    out = await serve_raw(api, ADMIN, request + post + request)
+    assert out.count(b"HTTP/1.1 200 ") == 2 and out.count(b"HTTP/1.1 400 ") == 1
+    assert out.index(b"HTTP/1.1 400 ") > out.index(b"HTTP/1.1 200 ")
+    assert b'"kind": "admin"' in out and b"name: expected a string" in out
+
+
+async def test_unreadable_or_oversized_requests_end_the_channel(api: AuthAPI) -> None:
+    out = await serve_raw(api, ADMIN, b"HELLO\r\n\r\nGET /v1/whoami HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in out.lower() and b"admin" not in out
+    big = b"PUT /v1/recordings/s1/chunks/0 HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n"
+    out = await serve_raw(api, host(IdentityKind.NODE), big)
+    assert out.startswith(b"HTTP/1.1 413 ")
+    assert b'"too_large"' in out
