@@ -411,7 +411,7 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         return
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSADRAIN)  # not TCSAFLUSH: keep what was typed ahead
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -11,12 +11,14 @@ way an operator would hand it to users (one test checks that without it, or
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import trio
 
 from tests.roles.proxy.cluster import LOGIN, Cluster, ClusterUser, open_cluster, tsh_env
@@ -217,3 +219,181 @@ async def test_ls_and_ssh_through_the_proxy(tmp_path: Path) -> None:
         assert "no node 'nosuch'" in text(missing) and "db1, web1" in text(missing)
         rejected = await cluster.events("session.rejected")
         assert any(e.get("user") == "dave" and "vault" in str(e.get("error")) for e in rejected)
+
+
+# --- OpenSSH through the proxy -----------------------------------------------------------
+
+
+async def ssh(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [SSH, "-F", str(config), "-o", "BatchMode=yes", *args],
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+async def test_openssh_through_the_proxy_with_tsh_config(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_role(DENY_SECRET)
+        await cluster.add_node("web1", {"env": "prod"})
+        await cluster.add_node("vault", {"env": "secret"})
+        erin = await cluster.add_user("erin", roles=["no-secret"])
+        home = tmp_path / "tsh"
+        await login(cluster, home, erin)
+        snippet = (await tsh(cluster, home, "config")).stdout.decode()
+        assert f"Host *.{cluster.name} !127.0.0.1" in snippet
+        assert "-s proxy:%h:%p" in snippet
+        config = tmp_path / "ssh_config"
+        config.write_text(snippet)
+
+        # ProxyCommand: ssh -p 3023 %r@proxy -s proxy:%h:%p, then ssh to the node inside it.
+        done = await ssh(config, f"{LOGIN}@web1.{cluster.name}", "echo via ProxyCommand; exit 3")
+        assert done.stdout == b"via ProxyCommand\n", done.stderr.decode()
+        assert done.returncode == 3
+        # ssh -J: a direct-tcpip channel through the proxy.
+        port = cluster.ssh_addr.port
+        done = await ssh(
+            config, "-J", f"erin@127.0.0.1:{port}", f"{LOGIN}@web1.{cluster.name}", "echo via -J"
+        )
+        assert done.stdout == b"via -J\n", done.stderr.decode()
+        assert done.returncode == 0
+
+        # Refusals carry the proxy's reason, in both forms.
+        done = await ssh(config, f"{LOGIN}@vault.{cluster.name}", "true")
+        assert done.returncode == 255
+        assert "role 'no-secret' denies access to this node" in done.stderr.decode()
+        done = await ssh(
+            config, "-J", f"erin@127.0.0.1:{port}", f"{LOGIN}@vault.{cluster.name}", "true"
+        )
+        assert done.returncode == 255
+        assert "administratively prohibited" in done.stderr.decode()
+        assert "role 'no-secret' denies access to this node" in done.stderr.decode()
+
+
+async def test_a_proxy_signed_by_another_ca_is_refused(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("web1")
+        frank = await cluster.add_user("frank")
+        home = tmp_path / "tsh"
+        await login(cluster, home, frank)
+        snippet = (await tsh(cluster, home, "config")).stdout.decode()
+        config = tmp_path / "ssh_config"
+        config.write_text(snippet)
+        assert (await tsh(cluster, home, "ssh", "web1", "true")).returncode == 0
+
+        # Replace the cluster's host CA with another key: the real proxy no longer
+        # proves itself, and both tsh and OpenSSH refuse it before sending anything.
+        known = home / "known_hosts"
+        impostor = PrivateKey.generate().public.openssh_line()
+        fields = known.read_text().split()
+        fields[2:4] = impostor.split()[:2]
+        known.write_text(" ".join(fields) + "\n")
+        done = await tsh(cluster, home, "ssh", "web1", "true")
+        assert done.returncode == 255
+        assert "is not the proxy of cluster" in text(done)
+        assert "not signed by a trusted CA" in text(done) or "CA" in text(done)
+        done = await tsh(cluster, home, "ls")
+        assert done.returncode == 1 and "is not the proxy of cluster" in text(done)
+        done = await ssh(config, f"{LOGIN}@web1.{cluster.name}", "true")
+        assert done.returncode == 255
+        assert "Host key verification failed" in done.stderr.decode()
+
+
+# --- terminals and the agent ------------------------------------------------------------
+
+
+async def test_interactive_shell_on_a_pty_with_window_changes(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("web1")
+        gina = await cluster.add_user("gina")
+        home = tmp_path / "tsh"
+        await login(cluster, home, gina)
+        env = tsh_env(home, SSL_CERT_FILE=str(cluster.https_cert), TERM="xterm", PS1="$ ")
+
+        def drive() -> int:
+            child = pexpect.spawn(
+                TSH[0], [*TSH[1:], "ssh", "web1"], env=env, dimensions=(24, 80), timeout=20
+            )
+            try:
+                child.expect(r"[#$] ")  # the login shell's prompt
+                child.sendline("tty; stty size; echo $TERM")
+                child.expect(r"/dev/pts/\d+")
+                child.expect("24 80")
+                child.expect("xterm")
+                child.setwinsize(40, 132)  # SIGWINCH to tsh, window-change to the node
+                child.sendline("sleep 0.5; stty size")
+                child.expect("40 132")
+                child.sendline("exit 5")
+                child.expect(pexpect.EOF)
+            finally:
+                child.close()
+            return int(child.exitstatus)
+
+        assert await trio.to_thread.run_sync(drive) == 5
+
+
+async def test_login_prompts_on_a_terminal_and_offers_the_certificate_to_ssh_agent(
+    tmp_path: Path,
+) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        hank = await cluster.add_user("hank")
+        home = tmp_path / "tsh"
+        socket_path = tmp_path / "agent.sock"
+        agent = await trio.lowlevel.open_process(
+            [SSH_AGENT, "-D", "-a", str(socket_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert agent.stdout is not None
+            ready = b""
+            while b"SSH_AUTH_SOCK" not in ready:  # printed once it listens
+                ready += await agent.stdout.receive_some()
+            env = tsh_env(
+                home, SSL_CERT_FILE=str(cluster.https_cert), SSH_AUTH_SOCK=str(socket_path)
+            )
+            code = await hank.totp.code()
+
+            def drive() -> tuple[int, str]:
+                child = pexpect.spawn(
+                    TSH[0],
+                    [*TSH[1:], "login", f"--proxy={cluster.web_addr}", "--user=hank"],
+                    env=env,
+                    timeout=20,
+                )
+                try:
+                    child.expect("Enter password for user hank: ")
+                    child.sendline(hank.password)
+                    child.expect("Enter your TOTP code: ")
+                    child.sendline(code)
+                    child.expect(pexpect.EOF)
+                    output = child.before.decode()
+                finally:
+                    child.close()
+                return int(child.exitstatus), output
+
+            status, output = await trio.to_thread.run_sync(drive)
+            assert status == 0, output
+            assert hank.password not in output  # not echoed
+            listed = await trio.run_process(
+                [SSH_ADD, "-L"],
+                capture_stdout=True,
+                check=False,
+                env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)},
+            )
+            cert = (home / "keys" / "127.0.0.1" / "hank-cert.pub").read_text().split()[1]
+            assert cert in listed.stdout.decode()
+            out = await tsh(cluster, home, "logout", env={"SSH_AUTH_SOCK": str(socket_path)})
+            assert out.returncode == 0
+            listed = await trio.run_process(
+                [SSH_ADD, "-L"],
+                capture_stdout=True,
+                check=False,
+                env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)},
+            )
+            assert cert not in listed.stdout.decode()
+        finally:
+            agent.terminate()
+            await agent.wait()
