@@ -1,0 +1,126 @@
+"""One trioport process: the selected services in one nursery, started in order.
+
+``run(config)`` starts auth, then proxy, then node, each with ``nursery.start`` so
+the next starts only once the previous listens (Teleport's "AuthTLSReady"). A
+service that crashes cancels the whole process: there is no half-running cluster.
+
+When auth runs in this process and no auth server is configured, the proxy and the
+node reach it on loopback and join with a local token: a random static token kept
+in the data directory (mode 0600), so ``trioport run`` with no arguments is a whole
+cluster and a restart finds the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .config import Address, Config, StaticToken
+from .errors import ConfigError
+
+__all__ = ["local_join_token", "prepare", "run", "serve_until_signalled"]
+
+log = logging.getLogger("trioport.process")
+
+Service = Callable[..., Awaitable[Any]]
+
+
+def _service(name: str) -> Service:
+    """The ``serve`` of a service, imported only when it runs."""
+    if name == "auth":
+        from .roles.auth.service import serve
+    elif name == "proxy":
+        from .roles.proxy.service import serve
+    else:
+        from .roles.node.service import serve
+    return serve
+
+
+def local_join_token(data_dir: str) -> str:
+    """This data directory's local join token, made on first use."""
+    path = os.path.join(data_dir, "auth", "local-join-token")
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def prepare(config: Config) -> Config:
+    """Give in-process services a local join token when auth runs here too."""
+    enabled = config.enabled_services()
+    if "auth" not in enabled:
+        if not config.teleport.auth_servers:
+            raise ConfigError("proxy and node need an auth server", key="teleport.auth_servers")
+        return config
+    g = config.teleport
+    if not {"proxy", "node"} & set(enabled) or g.auth_token is not None:
+        return config
+    token = local_join_token(g.data_dir)
+    tokens = [*config.auth_service.tokens, StaticToken(roles=("node", "proxy"), token=token)]
+    return attrs.evolve(
+        config,
+        teleport=attrs.evolve(g, auth_token=token),
+        auth_service=attrs.evolve(config.auth_service, tokens=tokens),
+    )
+
+
+def _with_local_auth(config: Config, addresses: list[tuple[str, int]]) -> Config:
+    """Point proxy and node at the auth service this process just started."""
+    if config.teleport.auth_servers or not addresses:
+        return config
+    host, port = addresses[0][:2]
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, turned into a dial one
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return attrs.evolve(
+        config, teleport=attrs.evolve(config.teleport, auth_servers=[Address(host, port)])
+    )
+
+
+async def run(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the enabled services until cancelled; ``started`` gets their addresses."""
+    config = prepare(config)
+    started: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        for name in config.enabled_services():
+            if name != "auth" and "auth" in started:
+                config = _with_local_auth(config, started["auth"])
+            started[name] = await nursery.start(_service(name), config)
+            log.info("%s service ready: %s", name, started[name])
+        task_status.started(started)
+
+
+async def serve_until_signalled(
+    config: Config, on_started: Callable[[Config, dict[str, Any]], None] | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then stop every service cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            started = await nursery.start(run, config)
+            if on_started is not None:
+                on_started(config, started)
+            async for signum in signals:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
