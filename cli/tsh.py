@@ -35,10 +35,12 @@ from trioport import __version__
 from trioport.config import PROXY_WEB_PORT, parse_addr
 from trioport.errors import ConfigError, TrioportError
 from trioport.roles.proxy import client as proxy_client
+from trioport.roles.proxy import transfer
 from trioport.roles.proxy.profile import NotLoggedIn, Profile, tsh_home
 from trioport.roles.proxy.router import NodeInfo, parse_selector
 from trioport.ssh import ChannelStream, SSHConnection
 from trioport.ssh.agent import open_agent
+from trioport.ssh.sftp_client import open_sftp
 from trioport.sshproto import events as ev
 from trioport.sshproto.certs import EXT_ROLES
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
@@ -104,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run")
     p.set_defaults(run=_ssh)
+
+    p = sub.add_parser("scp", help="copy files to or from a node (over SFTP)")
+    p.add_argument("-r", "--recursive", action="store_true", help="copy directories too")
+    p.add_argument("-P", "--port", type=int, default=NODE_PORT, help="the node's SSH port")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="SOURCE... DEST ([LOGIN@]NODE:PATH)")
+    p.set_defaults(run=_scp)
 
     p = sub.add_parser("config", help="print an OpenSSH configuration for this cluster")
     p.set_defaults(run=_config)
@@ -535,6 +544,70 @@ def _ssh(args: argparse.Namespace) -> int:
     except TrioportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return SSH_FAILURE
+
+
+# --- scp -------------------------------------------------------------------------------------
+
+
+async def _scp_async(args: argparse.Namespace, profile: Profile) -> int:
+    *sources, dest = [transfer.parse_location(p) for p in args.paths]
+    remote = [loc for loc in (*sources, dest) if loc.remote]
+    if dest.remote and any(loc.remote for loc in sources):
+        raise TrioportError("copying from one node to another is not supported")
+    if not dest.remote and not all(loc.remote for loc in sources):
+        raise TrioportError("give a remote source or destination: [LOGIN@]NODE:PATH")
+    if len({(loc.host, loc.login) for loc in remote}) > 1:
+        raise TrioportError("all remote paths must be on one node, as one login")
+    where = remote[0]
+    assert where.host is not None
+    login = where.login or _default_login(profile)
+    show = sys.stdout.isatty() and not args.quiet
+
+    def progress(path: str, size: int) -> None:
+        if show:
+            _out(f"{path}  {size} bytes")
+
+    async with (
+        _proxy(profile, login) as proxy,
+        proxy_client.connect_node(
+            proxy,
+            where.host,
+            args.port,
+            login=login,
+            signers=proxy_client.signers_for(profile),
+            host_cas=profile.host_cas,
+            cluster=profile.cluster,
+        ) as conn,
+        open_sftp(conn) as sftp,
+    ):
+        if dest.remote:
+            await transfer.upload(
+                sftp,
+                [loc.path for loc in sources],
+                dest.path,
+                recursive=args.recursive,
+                progress=progress,
+            )
+        else:
+            await transfer.download(
+                sftp,
+                [loc.path for loc in sources],
+                dest.path,
+                recursive=args.recursive,
+                progress=progress,
+            )
+    return 0
+
+
+def _scp(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        fail("give at least one source and a destination")
+    profile = _profile()
+    try:
+        return trio.run(_scp_async, args, profile)
+    except (TrioportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 # --- proxy ssh (ProxyCommand) ----------------------------------------------------------------

@@ -211,6 +211,11 @@ async def test_ls_and_ssh_through_the_proxy(tmp_path: Path) -> None:
         done = await tsh(cluster, home, "ssh", "team=db", "echo", "by label")
         assert done.stdout == b"by label\n"
 
+        # The node decides logins, end to end: one the roles do not give is refused.
+        wrong_login = await tsh(cluster, home, "ssh", "-l", "deploy", "web1", "true")
+        assert wrong_login.returncode == 255
+        assert "node 'web1' refused login 'deploy'" in text(wrong_login)
+
         denied = await tsh(cluster, home, "ssh", "vault", "true")
         assert denied.returncode == 255
         assert "access to node 'vault' denied: role 'no-secret' denies access" in text(denied)
@@ -397,3 +402,35 @@ async def test_login_prompts_on_a_terminal_and_offers_the_certificate_to_ssh_age
         finally:
             agent.terminate()
             await agent.wait()
+
+
+async def test_scp_both_ways_over_sftp(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        # The node service does not offer sftp yet: a stand-in node serves it.
+        await cluster.add_standin_node("web1")
+        ivan = await cluster.add_user("ivan")
+        home = tmp_path / "tsh"
+        await login(cluster, home, ivan)
+        local = tmp_path / "up"
+        (local / "sub").mkdir(parents=True)
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        (local / "big.bin").write_bytes(payload)
+        (local / "sub" / "note.txt").write_text("hello\n")
+        (local / "sub" / "note.txt").chmod(0o640)
+        remote_dir = tmp_path / "remote"
+        remote_dir.mkdir()
+
+        done = await tsh(cluster, home, "scp", "-r", str(local), f"web1:{remote_dir}")
+        assert done.returncode == 0, text(done)
+        assert (remote_dir / "up" / "big.bin").read_bytes() == payload
+        assert stat.S_IMODE((remote_dir / "up" / "sub" / "note.txt").stat().st_mode) == 0o640
+
+        back = tmp_path / "back.bin"
+        done = await tsh(cluster, home, "scp", f"{LOGIN}@web1:{remote_dir}/up/big.bin", str(back))
+        assert done.returncode == 0, text(done)
+        assert back.read_bytes() == payload
+
+        done = await tsh(cluster, home, "scp", str(local), f"web1:{remote_dir}/x")
+        assert done.returncode == 1 and "is a directory (use -r)" in text(done)
+        done = await tsh(cluster, home, "scp", f"web1:{remote_dir}/missing", str(back))
+        assert done.returncode == 1 and "missing" in text(done)

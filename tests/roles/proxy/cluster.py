@@ -2,11 +2,13 @@
 
 :func:`open_cluster` starts the auth service (SQLite in ``tmp_path``, bcrypt at its
 lowest cost) and the proxy on loopback ports, each with the real ``serve``
-functions; :meth:`Cluster.add_node` starts a node. Until the node service exists,
-a node is a trioport SSH server that joined with a node token, presents its host
-certificate, accepts user certificates of the cluster's user CA
+functions; :meth:`Cluster.add_node` starts a node with the node service.
+:meth:`Cluster.add_standin_node` starts a stand-in instead: a trioport SSH server
+that joined with a node token, presents its host certificate, accepts user
+certificates of the cluster's user CA
 (:class:`~trioport.ssh.trust.UserCertificateHandler`: the login must be one of the
-certificate's principals) and reports itself with a heartbeat.
+certificate's principals), serves ``sftp`` in-process and reports itself with a
+heartbeat. It tests the proxy apart from the node service.
 
 :meth:`Cluster.add_user` invites a user with the administrator's identity and
 finishes the invite as she would (password and a TOTP code), so she can log in.
@@ -33,6 +35,8 @@ from trioport.authclient import AuthClient, ClientIdentity, connect_auth, join_c
 from trioport.config import Address, Config, loads_config
 from trioport.resources import Metadata, Node, NodeSpec, Role, from_dict
 from trioport.roles.auth.service import serve as serve_auth
+from trioport.roles.node.service import serve as serve_node
+from trioport.roles.node.sftp_server import serve_sftp
 from trioport.roles.proxy.service import ProxyAddresses
 from trioport.roles.proxy.service import serve as serve_proxy
 from trioport.ssh import serve as serve_ssh
@@ -148,6 +152,35 @@ class Cluster:
         return user
 
     async def add_node(self, name: str, labels: Mapping[str, str] | None = None) -> ClusterNode:
+        """Start a node with the node service, registered and heartbeating."""
+        async with self.admin_client() as client:
+            token = (await client.add_token(["node"]))["token"]
+        text = f"""
+teleport:
+  nodename: {name}
+  data_dir: {self.tmp_path / ("node-" + name)}
+  auth_token: {token}
+  auth_servers: ["{self.auth_addr}"]
+auth_service:
+  enabled: false
+proxy_service:
+  enabled: false
+ssh_service:
+  listen_addr: 127.0.0.1:0
+"""
+        config = loads_config(text)
+        config.ssh_service.labels.update(labels or {})  # type: ignore[arg-type]
+        addrs = await self.nursery.start(lambda **kw: serve_node(config, **kw))
+        host_id = ClientIdentity.load(self.tmp_path / ("node-" + name) / "node").username
+        node = ClusterNode(
+            name, host_id, Address("127.0.0.1", int(addrs[0][1])), dict(labels or {})
+        )
+        self.nodes[name] = node
+        return node
+
+    async def add_standin_node(
+        self, name: str, labels: Mapping[str, str] | None = None
+    ) -> ClusterNode:
         """Start a stand-in node (see the module docstring) and register it."""
         async with self.admin_client() as client:
             token = (await client.add_token(["node"]))["token"]
@@ -161,7 +194,9 @@ class Cluster:
         handlers: list[UserCertificateHandler] = []
 
         def factory() -> UserCertificateHandler:
-            handler = UserCertificateHandler(checker, SessionPolicy())
+            handler = UserCertificateHandler(
+                checker, SessionPolicy(subsystems={"sftp": serve_sftp})
+            )
             handlers.append(handler)
             return handler
 

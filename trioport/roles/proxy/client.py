@@ -274,6 +274,7 @@ async def connect_proxy(
     except (OSError, trio.TooSlowError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
         raise ProxyUnavailable(f"cannot reach the proxy's SSH port at {addr}: {why}") from None
+    established = False
     try:
         async with connect(
             addr.host,
@@ -284,19 +285,24 @@ async def connect_proxy(
             stream=stream,
             connect_timeout=connect_timeout,
         ) as conn:
+            established = True
             yield conn
     except HostKeyNotVerifiable as exc:
+        if established:
+            raise
         why = reasons[-1] if reasons else exc.description
         raise HostKeyNotVerifiable(
             f"the proxy at {addr} is not the proxy of cluster {cluster!r}: {why}"
         ) from None
     except AuthenticationFailed:
+        if established:
+            raise  # from the caller's block (a node refusing), not the proxy
         raise AuthenticationFailed(
             f"the proxy at {addr} refused your certificate (expired, or from another"
             " cluster?): run tsh login"
         ) from None
     except (ConnectionClosedError, ProtocolError, trio.BrokenResourceError) as exc:
-        if isinstance(exc, HostKeyNotVerifiable):
+        if established:
             raise
         raise ProxyUnavailable(f"lost the connection to the proxy at {addr}: {exc}") from None
 
@@ -399,20 +405,28 @@ async def connect_node(
 
     proxy.start_soon(drain)
     config = ConnectionConfig(role=Role.CLIENT, verify_host_key=verify)
+    established = False
     try:
         async with open_ssh(chan, config) as conn:
             with trio.fail_after(connect_timeout):
                 await authenticate(conn, login, signers=signers)
+            established = True
             yield conn
     except HostKeyNotVerifiable as exc:
+        if established:
+            raise
         why = reasons[-1] if reasons else exc.description
         raise HostKeyNotVerifiable(f"node {node!r} is not trusted: {why}") from None
     except AuthenticationFailed:
+        if established:
+            raise
         raise AuthenticationFailed(
             f"node {node!r} refused login {login!r} with your certificate"
             " (is the login among those your roles allow? see tsh status)"
         ) from None
     except (ConnectionClosedError, ProtocolError, trio.BrokenResourceError) as exc:
+        if established:
+            raise
         with trio.move_on_after(1):
             await drained.wait()
         why = stderr.decode("utf-8", "replace").strip().removeprefix("error: ")
