@@ -46,7 +46,7 @@ from trioport.sshproto.keys import PrivateKey
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 CLUSTER = "node-test.cluster"
-PASSWORD = "correct horse battery"  # noqa: S105 - a test user's password
+PASSWORD = "correct horse battery"
 #: Test OS accounts: one with a home and bash, one plain.
 ALICE_LOGIN = "tpnode-alice"
 BOB_LOGIN = "tpnode-bob"
@@ -210,6 +210,19 @@ class Cluster:
         self.nodes.append(handle)
         return handle
 
+    async def online_nodes(self) -> dict[str, dict[str, Any]]:
+        """The nodes the auth service lists as online, by name."""
+        nodes = await self.admin_call(lambda c: c.list_nodes())
+        return {n["hostname"]: n for n in nodes if n["online"]}
+
+    async def wait_online(self, node: NodeHandle) -> dict[str, Any]:
+        """Wait for the node's heartbeat to reach the auth service; its listing."""
+
+        async def listed() -> dict[str, Any] | None:
+            return (await self.online_nodes()).get(node.name)
+
+        return await wait_for(listed)
+
     async def stop_node(self, node: NodeHandle) -> None:
         node.scope.cancel()
         await node.finished.wait()
@@ -264,8 +277,15 @@ def ssh_argv(
     certificate: bool = True,
 ) -> list[str]:
     """``ssh`` with no config file, the user's key and certificate, the cluster's host CA."""
+    key_path = user.key_path
+    if not certificate:
+        # ssh also loads KEY-cert.pub by itself: offer a copy with no certificate beside it.
+        key_path = user.key_path.with_name("plain-key")
+        if not key_path.exists():
+            key_path.write_bytes(user.key_path.read_bytes())
+            key_path.chmod(0o600)
     opts = {
-        "IdentityFile": str(user.key_path),
+        "IdentityFile": str(key_path),
         "IdentitiesOnly": "yes",
         "IdentityAgent": "none",
         "UserKnownHostsFile": str(user.known_hosts),
