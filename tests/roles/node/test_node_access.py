@@ -215,17 +215,27 @@ async def test_port_forwarding_needs_certificate_and_role(
 
     allowed = await run_ssh(forward(alice), stdin=b"hello\n")
     assert allowed.stdout == b"HELLO\n"
+    # Carol's roles forbid it, so her certificate does not permit it either.
     refused = await run_ssh(forward(carol), stdin=b"hello\n")
     assert refused.stdout == b""
     assert b"forwarding failed" in refused.stderr
+    # Alice's certificate permits it, but her roles no longer do.
+    await cluster.admin_call(lambda c: c.update_user("alice", roles=["no-forward"]))
+
+    async def refused_by_roles() -> bool:
+        result = await run_ssh(forward(alice), stdin=b"hello\n")
+        return result.stdout == b"" and b"forwarding failed" in result.stderr
+
+    await wait_for(refused_by_roles, step=0.3)
 
     async def port_events() -> list[dict]:
         found = await cluster.admin_call(lambda c: c.search_events(events=["port"]))
-        return found if len(found) >= 2 else []
+        return found if len(found) >= 3 else []
 
     events = await wait_for(port_events)
-    by_user = {e["user"]: e for e in events}
-    assert by_user["alice"]["code"] == "T3003I"
-    assert by_user["alice"]["addr"] == f"127.0.0.1:{target_port}"
-    assert by_user["carol"]["code"] == "T3003E"
-    assert "roles do not allow port forwarding" in by_user["carol"]["error"]
+    allowed_event = next(e for e in events if e["code"] == "T3003I")
+    assert allowed_event["user"] == "alice"
+    assert allowed_event["addr"] == f"127.0.0.1:{target_port}"
+    errors = {(e["user"], e["error"]) for e in events if e["code"] == "T3003E"}
+    assert ("carol", "your certificate does not permit port forwarding") in errors
+    assert ("alice", "your roles do not allow port forwarding") in errors
