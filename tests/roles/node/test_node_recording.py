@@ -200,7 +200,7 @@ async def test_another_user_joins_a_session_and_shares_its_terminal(cluster: Clu
     node, alice, _ = await _setup(cluster)
     await cluster.add_user("bob", [ALICE_LOGIN])
     bob = await cluster.login("bob")
-    script = "echo ready; while read line; do echo \"said:$line\"; done; echo over"
+    script = 'echo ready; while read line; do echo "said:$line"; done; echo over'
     async with Terminal(ssh_argv(alice, node, ALICE_LOGIN, "-tt", script)) as first:
         await first.expect(b"ready")
         start = await _one_event(cluster, "session.start", user="alice")
