@@ -160,6 +160,16 @@ def _rekey(pair: Pair) -> list[bytes]:
     return payloads[: newkeys + 1]
 
 
+def _global(request: object) -> m.GlobalRequest:
+    name, data = m.encode_global_request(request)  # type: ignore[arg-type]
+    return m.GlobalRequest(name, True, data)
+
+
+def _channel_request(request: object, recipient: int = 0) -> m.ChannelRequest:
+    name, data = m.encode_channel_request(request)  # type: ignore[arg-type]
+    return m.ChannelRequest(recipient, name, True, data)
+
+
 def _handmade(role: Role) -> dict[str, list[bytes]]:
     """One small payload list per message the peer of ``role`` might send."""
     cho = m.ChannelOpen
@@ -174,7 +184,7 @@ def _handmade(role: Role) -> dict[str, list[bytes]]:
         "ext_info": [bytes(m.ExtInfo((("server-sig-algs", b"ssh-ed25519"), ("ping", b"0"))))],
         "unknown_number": [b"\xc8hello", b"\x3cabc"],
         "global_requests": [
-            bytes(m.GlobalRequest(*m.encode_global_request(r), True))  # type: ignore[misc]
+            bytes(_global(r))
             for r in (
                 ev.TcpipForward(address="0.0.0.0", port=0),
                 ev.CancelTcpipForward(address="0.0.0.0", port=8080),
@@ -206,7 +216,7 @@ def _handmade(role: Role) -> dict[str, list[bytes]]:
             bytes(m.ChannelClose(0)),
         ],
         "channel_requests": [
-            bytes(m.ChannelRequest(0, *m.encode_channel_request(r), True))  # type: ignore[misc]
+            bytes(_channel_request(r))
             for r in (
                 ev.Env(name="LC_ALL", value="C"),
                 ev.Exec(command=b"uname -a"),
@@ -221,7 +231,18 @@ def _handmade(role: Role) -> dict[str, list[bytes]]:
             )
         ]
         + [bytes(m.ChannelRequest(0, pty[0], True, pty[1]))],
+        "window": [
+            bytes(m.ChannelData(0, bytes(256))),
+            bytes(m.ChannelData(0, bytes(257))),
+            bytes(m.ChannelWindowAdjust(0, 0xFFFFFFFF)),
+        ],
     }
+    # A forward the victim server answers by opening a channel, then an answer to
+    # the open, for each id the victim may have picked.
+    forward = bytes(_global(ev.TcpipForward(address="", port=0)))
+    for i in range(4):
+        out[f"pending_open_{i}"] = [forward, bytes(m.ChannelOpenConfirmation(i, 40, 4096, 1024))]
+        out[f"refused_open_{i}"] = [forward, bytes(m.ChannelOpenFailure(i, 2, "refused", ""))]
     if role is Role.SERVER:
         userauth = m.UserauthRequest
         out |= {
