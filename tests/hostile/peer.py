@@ -390,6 +390,30 @@ class HostilePeer:
         assert answer == ev.ChannelOpenConfirmation(channel=cid), answer
         return cid
 
+    async def open_session_as(self, *, window: int, max_packet: int) -> tuple[int, ev.Event]:
+        """Open a session channel advertising any ``window`` and ``max_packet`` (even
+        values our own config refuses, such as 0); returns (our id, the server's answer).
+
+        The core registers the channel as usual; its CHANNEL_OPEN is withheld and a
+        copy with the new numbers is injected in its place.
+        """
+        cid = self.conn.new_channel_id()
+        self.drop.add(m.MsgId.CHANNEL_OPEN)
+        try:
+            self.conn.send(ev.ChannelOpen(channel=cid, kind="session"))
+        finally:
+            self.drop.discard(m.MsgId.CHANNEL_OPEN)
+        opened = m.parse(self.dropped.pop())
+        assert isinstance(opened, m.ChannelOpen) and opened.sender == cid
+        await self.inject(bytes(m.ChannelOpen(opened.kind, cid, window, max_packet)))
+        answer = await self.wait_for(
+            lambda e: (
+                isinstance(e, ev.ChannelOpenConfirmation | ev.ChannelOpenFailure | ev.Disconnect)
+                and getattr(e, "channel", cid) == cid
+            )
+        )
+        return cid, answer
+
     async def exec(self, command: bytes, cid: int | None = None) -> bytes:
         """Run ``command`` on a (new) session channel; its stdout once the channel closed."""
         if cid is None:

@@ -240,3 +240,39 @@ async def test_channel_messages_out_of_order(hostile_server, keys, sequence, wor
         # After a CLOSE the server may already have answered it and forgotten the
         # number; then the second message names an unknown channel. Both are errors.
         await _expect_protocol_error(bed, peer, words)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trioport/sshproto/channels.py Channels._on_open accepts max_packet 0; the "
+    "first output on that channel then spins trioport/ssh/channel.py ChannelStream._send "
+    "forever (n = min(budget, 0) never shrinks budget), freezing the whole server and "
+    "queueing empty CHANNEL_DATA without bound",
+)
+async def test_channel_open_with_max_packet_zero_is_refused(hostile_server, keys) -> None:
+    # Never run a command on such a channel here: on a server with the bug that
+    # freezes this very process. Refusing the open (OPEN_FAILURE, or ending the
+    # connection with PROTOCOL_ERROR) is what keeps the server safe.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await _logged_in(bed, keys)
+        _, answer = await peer.open_session_as(window=WINDOW, max_packet=0)
+        if isinstance(answer, ev.Disconnect):
+            assert answer.code == PROTOCOL_ERROR
+        else:
+            assert isinstance(answer, ev.ChannelOpenFailure), answer
+        assert bed.handler.opens_by("mallory") == []
+        await bed.witness_works()
+
+
+async def test_channel_open_with_max_packet_one_works(hostile_server, keys) -> None:
+    # The smallest legal max_packet: output arrives one byte per packet.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await _logged_in(bed, keys)
+        cid, answer = await peer.open_session_as(window=WINDOW, max_packet=1)
+        assert answer == ev.ChannelOpenConfirmation(channel=cid)
+        assert await peer.exec(b"echo hello", cid) == b"hello\n"
+        sizes = {len(e.data) for e in peer.seen(ev.ChannelData) if e.channel == cid}
+        assert sizes == {1}
+        await bed.witness_works()
