@@ -11,8 +11,18 @@ over a trio TCP stream, but nothing it says reaches the wire unless the test ask
 - :meth:`inject` seals any payload with the core's *current* outgoing keys and
   sequence number, so after NEWKEYS the server sees a correctly encrypted and MACed
   packet carrying whatever the test wants, in any state;
+- :meth:`send_message` picks for it: cleartext before our NEWKEYS, sealed after;
+- :meth:`sealed_with_length` makes a sealed packet whose length field lies, in
+  every cipher mode; :meth:`send_greeting` sends any identification line and keeps
+  the key exchange consistent with it;
 - :attr:`HostilePeer.drop` lists message numbers the core may not send at all (a
-  peer that never sends SERVICE_REQUEST, or never answers a keepalive).
+  peer that never sends SERVICE_REQUEST, or never answers a keepalive);
+  :meth:`open_session_as` uses it to open a channel with any window and max packet.
+
+:meth:`goto` brings a connection to any of :data:`POSITIONS`, from before KEXINIT
+to after login, using the core for the legitimate parts (:meth:`handshake`,
+:meth:`to_kex_window`, :meth:`userauth_state`, :meth:`authenticate`); then
+:meth:`open_session`, :meth:`exec` and :meth:`wait_for` drive channels.
 
 Everything the server sends is read by the same core, so its DISCONNECT is decoded
 whether it comes in cleartext (before NEWKEYS) or encrypted (after): see
@@ -24,8 +34,11 @@ its ``_write`` method, which seals one payload with ``_send_prot`` (the outgoing
 :class:`~trioport.sshproto.ciphers.PacketProtection`) at ``_send_seq`` and advances
 the sequence number. :meth:`HostilePeer.inject` calls the original ``_write``; the
 instance's ``_write`` is wrapped to apply :attr:`HostilePeer.drop` and to record
-what the core wrote. ``Connection._channels._channels[id].peer_id`` gives the
-server's number for one of our channels (:meth:`HostilePeer.remote_channel`).
+what the core wrote. ``PacketProtection.mac_size`` of ``_send_prot`` sizes a sealed
+packet (:meth:`HostilePeer.sealed_with_length`); ``Transport.local_version`` is
+rewritten by :meth:`HostilePeer.send_greeting`. ``Connection._channels._channels[id]
+.peer_id`` gives the server's number for one of our channels
+(:meth:`HostilePeer.remote_channel`).
 """
 
 from __future__ import annotations
@@ -48,8 +61,6 @@ __all__ = [
     "plain_packet",
 ]
 
-#: Our identification line when a test writes its own.
-VERSION_LINE = b"SSH-2.0-Hostile_1.0\r\n"
 _NONE = none_protection()
 
 #: Where :meth:`HostilePeer.goto` can stop, in protocol order:
