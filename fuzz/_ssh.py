@@ -93,13 +93,17 @@ STAGES = ("start", "kex", "auth", "channel")
 BYTEWISE_LIMIT = 1024
 
 
+TRUSTED_HOST_KEYS = frozenset(k.public.blob for k in (HOST_ED25519, HOST_ECDSA, HOST_RSA))
+
+
 def host_key_policy(blob: bytes, algorithm: str) -> bool:
-    """The victim client's host-key policy: any plain key, a host cert from CA."""
+    """The victim client's host-key policy: the fixture host keys, or a host cert from CA."""
     if algorithm.endswith(CERT_SUFFIX):
         check_certificate(
             blob, cert_type=CertType.HOST, trusted_cas=[CA.public], principal=HOST_NAME, now=NOW
         )
-    return True
+        return True
+    return blob in TRUSTED_HOST_KEYS
 
 
 def victim_config(role: Role) -> ConnectionConfig:
@@ -114,7 +118,7 @@ def victim_config(role: Role) -> ConnectionConfig:
         "window_size": 512,
         "max_packet": 256,
         "max_channels": 4,
-        "rekey_bytes": 1 << 16,
+        "rekey_bytes": 4096,  # the least allowed: fuzz inputs can cross it
         "max_auth_tries": 4,
     }
     if role is Role.SERVER:
@@ -141,10 +145,13 @@ class Options:
     cipher: int = 0
     host_key: int = 0
     kex: int = 0
+    #: The victim's rekey timer fires just before the payloads arrive, so they meet
+    #: a victim in the middle of an exchange it started (its own sends held).
+    rekey: bool = False
 
     def header(self) -> bytes:
         b0 = self.stage | self.bytewise << 2 | self.auth_style << 3
-        b1 = self.cipher | self.host_key << 2 | self.kex << 4
+        b1 = self.cipher | self.host_key << 2 | self.kex << 4 | self.rekey << 5
         return bytes((b0, b1))
 
 
@@ -157,6 +164,7 @@ def parse_input(data: bytes) -> tuple[Options, bytes]:
         cipher=b1 & 3,
         host_key=b1 >> 2 & 3,
         kex=b1 >> 4 & 1,
+        rekey=bool(b1 >> 5 & 1),
     )
     return opts, data[2:]
 
@@ -637,6 +645,10 @@ def run(victim_role: Role, data: bytes) -> Outcome | None:
     pair.pump()
     if pair.victim.closed:
         raise AssertionError(f"the {STAGES[opts.stage]} prefix failed: {pair.victim.state}")
+    if opts.rekey:
+        timer = pair.victim.get_timer()
+        assert timer is not None, "no rekey timer after the first exchange"
+        pair.victim.handle_timer(timer)
     wire = pair.seal(split_payloads(body))
     chunks = _bytewise(wire) if opts.bytewise else (wire,)
     return feed(pair.victim, pair.victim_driver, chunks, len(wire))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -35,10 +36,11 @@ from _fixtures import (
     USER_NAME,
     make_rng,
 )
-from _ssh import STAGES, Options, Pair, join_payloads, run
+from _ssh import STAGES, Driver, Options, Pair, join_payloads, peer_config, run
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from trioport.sshproto import Role, wire
+from trioport.errors import RemoteProtocolError
+from trioport.sshproto import Connection, HostKey, Role, wire
 from trioport.sshproto import agent as a
 from trioport.sshproto import events as ev
 from trioport.sshproto import messages as m
@@ -300,7 +302,97 @@ def _transport(role: Role) -> dict[str, bytes]:
     for name, payloads in _handmade(role).items():
         stage = 1 if name.startswith(("service", "auth", "ext_info")) else 3
         seeds[f"{STAGES[stage]}_{name}"] = Options(stage=stage).header() + join_payloads(payloads)
+    seeds.update(_auth_seeds(role))
+    # The victim's own rekey timer fires, then the peer, which has not seen that
+    # KEXINIT yet, carries on as before: the victim's answers are held meanwhile.
+    for stage in (1, 2, 3):
+        plain = seeds[f"{STAGES[stage]}_continue_0"]
+        header = Options(stage=stage, rekey=True).header()
+        seeds[f"{STAGES[stage]}_timer_fires_first"] = header + plain[2:]
+    if role is Role.CLIENT:
+        seeds.update(_untrusted_servers())
+        seeds["start_1025_lines_first"] = b"\0\0" + b"\r\n" * 1025 + b"SSH-2.0-x\r\n"
     _check_transport(role, seeds)
+    return seeds
+
+
+def _auth_seeds(role: Role) -> dict[str, bytes]:
+    """User-authentication corners, by the client's method in progress."""
+    seeds: dict[str, bytes] = {}
+    if role is Role.CLIENT:
+        ext = bytes(m.ExtInfo((("server-sig-algs", b"ssh-ed25519"),)))
+        for style in range(4):
+            header = Options(stage=1, auth_style=style).header()
+            answers = {
+                "60_pk_ok": bytes(m.UserauthPkOk("ssh-ed25519", USER_ED25519.public.blob)),
+                "60_passwd": bytes(m.UserauthPasswdChangeReq("expired", "")),
+                "60_info": bytes(m.UserauthInfoRequest("", "", "", (("Code: ", True),))),
+            }
+            for name, payload in answers.items():
+                seeds[f"kex_auth{style}_{name}"] = header + join_payloads([payload])
+            seeds[f"kex_auth{style}_ext_success"] = header + join_payloads(
+                [ext, bytes(m.UserauthSuccess())]
+            )
+        header = Options(stage=1).header()
+        failure = bytes(m.UserauthFailure(("password",), False))
+        seeds["kex_ext_twice"] = header + join_payloads([ext, ext])
+        seeds["kex_ext_then_failure"] = header + join_payloads([ext, failure])
+        return seeds
+    userauth = m.UserauthRequest
+
+    def password(word: str) -> bytes:
+        return bytes(userauth(USER_NAME, "ssh-connection", "password", b"\0" + wire.string(word)))
+
+    kbdint = bytes(userauth(USER_NAME, "ssh-connection", "keyboard-interactive", b"\0" * 8))
+    bad_key = b"\0" + wire.string("ssh-ed25519") + wire.string(b"\0\0\0\x0bssh-ed25519")
+    header = Options(stage=1).header()
+    seeds["kex_too_many_failures"] = header + join_payloads([password("no")] * 5)
+    seeds["kex_kbdint_interrupted"] = header + join_payloads([kbdint, password("fuzz")])
+    seeds["kex_kbdint_two_answers"] = header + join_payloads(
+        [kbdint, bytes(m.UserauthInfoResponse(("a", "b")))]
+    )
+    seeds["kex_bad_key_blob"] = header + join_payloads(
+        [bytes(userauth(USER_NAME, "ssh-connection", "publickey", bad_key))]
+    )
+    seeds["kex_user_changes"] = header + join_payloads(
+        [password("no"), bytes(userauth("bob", "ssh-connection", "none"))]
+    )
+    return seeds
+
+
+def _untrusted_servers() -> dict[str, bytes]:
+    """Whole sessions from servers the victim client must refuse (seen from byte 0)."""
+    stranger = PrivateKey.from_cryptography(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    wrong_name = sign_certificate(
+        CA,
+        HOST_ED25519.public,
+        cert_type=CertType.HOST,
+        key_id="h",
+        principals=["other.example"],
+        valid_after=0,
+        valid_before=VALID_FOREVER,
+        nonce=bytes(16),
+    )
+    servers = {
+        "start_untrusted_key": ([HostKey(stranger)], "ssh-ed25519"),
+        "start_cert_wrong_name": ([HostKey(HOST_ED25519, wrong_name.blob)], wrong_name.key_type),
+    }
+    seeds = {}
+    for name, (host_keys, algorithm) in servers.items():
+        pair = Pair(Role.CLIENT, Options(stage=3))
+        config = replace(
+            peer_config(Role.SERVER, Options()),
+            host_keys=host_keys,
+            host_key_algorithms=(algorithm,),
+        )
+        pair.peer = Connection(config, rng=make_rng("peer"), now=0.0)
+        pair.peer_driver = Driver(pair.peer)
+        try:
+            pair.pump()
+        except RemoteProtocolError:
+            pass
+        assert pair.victim.closed
+        seeds[name] = Options().header() + bytes(pair.peer_bytes)
     return seeds
 
 
