@@ -22,6 +22,7 @@ from trioport.sshproto import messages as m
 
 from .conftest import TIMEOUT
 from .peer import HostilePeer
+from .test_limits import _exited
 
 PROTOCOL_ERROR = DisconnectReason.PROTOCOL_ERROR
 #: The server's defaults (ConnectionConfig): 2 MiB window, 32 KiB max packet, 100 channels.
@@ -275,4 +276,53 @@ async def test_channel_open_with_max_packet_one_works(hostile_server, keys) -> N
         assert await peer.exec(b"echo hello", cid) == b"hello\n"
         sizes = {len(e.data) for e in peer.seen(ev.ChannelData) if e.channel == cid}
         assert sizes == {1}
+        await bed.witness_works()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trioport/sshproto/transport.py Transport.send holds every non-kex payload "
+    "while a key exchange runs, and trioport/ssh/connection.py flush() does not wait "
+    "for held payloads: a client that starts a rekey and never finishes it makes the "
+    "server buffer channel output up to the client's window (up to 4 GiB per channel)",
+)
+async def test_stalled_rekey_does_not_buffer_without_bound(hostile_server, keys) -> None:
+    output = 32 * 1024 * 1024
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await _logged_in(bed, keys)
+        (server_side,) = bed.handler.connections["mallory"]
+        # The largest window the protocol allows: the window is no limit at all.
+        cid, answer = await peer.open_session_as(window=2**32 - 1, max_packet=MAX_PACKET)
+        assert answer == ev.ChannelOpenConfirmation(channel=cid)
+        command = f"echo $$ >&2; sleep 0.5; exec head -c {output} /dev/zero".encode()
+        await peer.send_event(
+            ev.ChannelRequest(channel=cid, request=ev.Exec(command=command), want_reply=False)
+        )
+        first = await peer.wait_for(lambda e: isinstance(e, ev.ChannelData) and e.stream == 1)
+        pid = int(first.data)  # type: ignore[attr-defined]
+        # Start a re-exchange and never finish it: our ECDH_INIT is withheld.
+        peer.drop.add(m.MsgId.KEX_ECDH_INIT)
+        peer.conn.rekey()
+        await peer.flush()
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def read_everything() -> None:
+                    while not peer.eof:
+                        await peer.step()
+
+                nursery.start_soon(read_everything)
+                # Give the command time to write it all, if the server lets it.
+                with trio.move_on_after(2):
+                    await _exited(pid)
+                # What the server holds for us, waiting for the exchange to end
+                # (the transport's private queue, read here on purpose).
+                held = sum(len(p) for p in server_side._core._transport._held)
+                nursery.cancel_scope.cancel()
+        finally:
+            await peer.aclose()
+        # OpenSSH stops reading channels while it re-keys; anything near the
+        # command's whole output means there is no limit.
+        assert held < 8 * 1024 * 1024, held
         await bed.witness_works()
