@@ -268,15 +268,14 @@ class Cluster:
         return UserFiles(name, key, cert, key_path, cert_path, known_hosts)
 
 
-def ssh_argv(
+def ssh_options(
     user: UserFiles,
-    node: NodeHandle,
-    login: str,
-    *args: str,
+    *,
     options: Mapping[str, str] | None = None,
     certificate: bool = True,
 ) -> list[str]:
-    """``ssh`` with no config file, the user's key and certificate, the cluster's host CA."""
+    """``-o`` options for ssh, sftp and scp: no config file, the user's key and
+    certificate, the cluster's host CA."""
     key_path = user.key_path
     if not certificate:
         # ssh also loads KEY-cert.pub by itself: offer a copy with no certificate beside it.
@@ -300,10 +299,23 @@ def ssh_argv(
     if certificate:
         opts["CertificateFile"] = str(user.cert_path)
     opts.update(options or {})
-    argv = [SSH, "-F", "/dev/null", "-p", str(node.port)]
+    argv = ["-F", "/dev/null"]
     for key, value in opts.items():
         argv += ["-o", f"{key}={value}"]
-    return [*argv, f"{login}@127.0.0.1", *args]
+    return argv
+
+
+def ssh_argv(
+    user: UserFiles,
+    node: NodeHandle,
+    login: str,
+    *args: str,
+    options: Mapping[str, str] | None = None,
+    certificate: bool = True,
+) -> list[str]:
+    """``ssh`` to ``login`` on ``node`` with :func:`ssh_options`, then ``args``."""
+    opts = ssh_options(user, options=options, certificate=certificate)
+    return [SSH, "-p", str(node.port), *opts, f"{login}@127.0.0.1", *args]
 
 
 async def run_ssh(

@@ -18,6 +18,7 @@ from .conftest import (
     OSUsers,
     run_ssh,
     ssh_argv,
+    ssh_options,
 )
 
 
@@ -152,3 +153,38 @@ async def test_shell_on_a_pty_follows_window_changes(cluster: Cluster) -> None:
         if proc.returncode is None:
             proc.kill()
         await screen.stream.aclose()
+
+
+async def test_sftp_and_scp_work_as_the_login(cluster: Cluster, os_users: OSUsers) -> None:
+    node = await cluster.start_node()
+    await cluster.add_user("alice", [ALICE_LOGIN])
+    alice = await cluster.login("alice")
+    source = cluster.tmp / "upload.bin"
+    payload = os.urandom(300_000)
+    source.write_bytes(payload)
+    ssh_opts = ssh_options(alice)
+    batch = f"put {source} up.bin\nget up.bin {cluster.tmp / 'down.bin'}\n"
+    sftp = ["sftp", "-P", str(node.port), *ssh_opts, "-b", "-", f"{ALICE_LOGIN}@127.0.0.1"]
+    result = await run_ssh(sftp, stdin=batch.encode())
+    assert result.returncode == 0, result.stderr
+    assert (cluster.tmp / "down.bin").read_bytes() == payload
+    uploaded = os.stat(os.path.join(os_users.alice.pw_dir, "up.bin"))
+    assert (uploaded.st_uid, uploaded.st_gid) == (os_users.alice.pw_uid, os_users.alice.pw_gid)
+    # scp (SFTP mode in OpenSSH 9) back again.
+    scp = ["scp", "-P", str(node.port), *ssh_opts, f"{ALICE_LOGIN}@127.0.0.1:up.bin"]
+    result = await run_ssh([*scp, str(cluster.tmp / "scp.bin")])
+    assert result.returncode == 0, result.stderr
+    assert (cluster.tmp / "scp.bin").read_bytes() == payload
+    # A file the login may not read stays unread.
+    denied = await run_ssh([*scp[:-1], f"{ALICE_LOGIN}@127.0.0.1:/etc/shadow", "/dev/null"])
+    assert denied.returncode != 0
+    assert b"Permission denied" in denied.stderr
+
+
+async def test_an_unknown_subsystem_is_refused(cluster: Cluster) -> None:
+    node = await cluster.start_node()
+    await cluster.add_user("alice", [ALICE_LOGIN])
+    alice = await cluster.login("alice")
+    result = await run_ssh(ssh_argv(alice, node, ALICE_LOGIN, "-s", "nonesuch"))
+    assert result.returncode == 255
+    assert b"subsystem request failed" in result.stderr

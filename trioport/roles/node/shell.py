@@ -30,6 +30,7 @@ Each shell or command is a session (:mod:`.sessions`): recorded
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import logging
 import os
@@ -68,8 +69,8 @@ CANNOT_START_STATUS = 127
 #: PATH for root and for everyone else (Debian's login.defs ENV_SUPATH / ENV_PATH).
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
-#: The SFTP server, when it is installed: ``sftp_subsystem(policy, **context)``
-#: returns the handler of the ``sftp`` subsystem for one session (see docs/node.md).
+#: The SFTP server, when it is installed: its ``serve_sftp(chan, *, user, group,
+#: extra_groups, cwd)`` serves the ``sftp`` subsystem as the login.
 SFTP_MODULE = "trioport.roles.node.sftp_server"
 
 SubsystemHandler = Callable[[ChannelStream], Awaitable[None]]
@@ -132,14 +133,26 @@ def _policy(
     )
 
 
-def _sftp_handler(policy: SessionPolicy, context: dict[str, Any]) -> SubsystemHandler | None:
-    """The SFTP subsystem's handler for a session, if the SFTP server is installed."""
+def _sftp_handler(policy: SessionPolicy) -> SubsystemHandler | None:
+    """The SFTP subsystem as the session's login, if the SFTP server is installed.
+
+    The SFTP server (:mod:`trioport.roles.node.sftp_server`) runs a child process
+    with the login's uid, gid and groups, starting in its home directory.
+    """
     try:
         module = importlib.import_module(SFTP_MODULE)
     except ImportError:
         return None
-    make = getattr(module, "sftp_subsystem", None)
-    return None if make is None else make(policy, **context)
+    serve_sftp = getattr(module, "serve_sftp", None)
+    if serve_sftp is None:
+        return None
+    return functools.partial(
+        serve_sftp,
+        user=policy.user,
+        group=policy.group,
+        extra_groups=policy.extra_groups,
+        cwd=policy.cwd,
+    )
 
 
 async def _fail(chan: ChannelStream, message: str, status: int) -> None:
@@ -184,6 +197,21 @@ async def serve_session_channel(
                 path = agent_socket = await policy.agent_forwarding(chan)
             await chan.reply(req, path is not None)
         elif isinstance(request, ev.Shell | ev.Exec | ev.Subsystem):
+            if (
+                isinstance(request, ev.Subsystem)
+                and login.certificate.force_command is None
+                and policy is not None
+                and _subsystem_handler(policy, request.name) is None
+            ):
+                node.reporter.emit(
+                    audit_log.SUBSYSTEM_FAILURE,
+                    **login.audit_fields(),
+                    success=False,
+                    name=request.name,
+                    error="no such subsystem on this node",
+                )
+                await chan.reply(req, False)
+                continue
             await chan.reply(req, True)
             if account is None or policy is None:
                 log.info("%s: login %r has no OS account here", login.user, login.login)
@@ -231,29 +259,15 @@ async def _start(
     await run_session(node, chan, login, policy, command, kind, env, pty)
 
 
+def _subsystem_handler(policy: SessionPolicy, name: str) -> SubsystemHandler | None:
+    return _sftp_handler(policy) if name == "sftp" else None
+
+
 async def _subsystem(
     node: NodeContext, chan: ChannelStream, login: Login, policy: SessionPolicy, name: str
 ) -> None:
-    handler = None
-    context = {
-        "user": login.user,
-        "login": login.login,
-        "remote_addr": login.remote_addr,
-        "local_addr": login.local_addr,
-        "emit": node.reporter.emit,
-    }
-    if name == "sftp":
-        handler = _sftp_handler(policy, context)
-    if handler is None:
-        node.reporter.emit(
-            audit_log.SUBSYSTEM_FAILURE,
-            **login.audit_fields(),
-            success=False,
-            name=name,
-            error="no such subsystem on this node",
-        )
-        await _fail(chan, f"trioport: no subsystem {name!r} on this node", 1)
-        return
+    handler = _subsystem_handler(policy, name)
+    assert handler is not None  # checked before the request was accepted
     node.reporter.emit(audit_log.SUBSYSTEM, **login.audit_fields(), success=True, name=name)
     await handler(chan)
 
