@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 
@@ -239,3 +240,28 @@ async def test_port_forwarding_needs_certificate_and_role(
     errors = {(e["user"], e["error"]) for e in events if e["code"] == "T3003E"}
     assert ("carol", "your certificate does not permit port forwarding") in errors
     assert ("alice", "your roles do not allow port forwarding") in errors
+
+
+async def test_an_idle_connection_is_disconnected_after_the_role_timeout(
+    cluster: Cluster,
+) -> None:
+    node = await cluster.start_node()
+    role = Role(
+        metadata=Metadata(name="impatient"),  # type: ignore[arg-type]
+        spec=RoleSpec(
+            options=RoleOptions(client_idle_timeout=dt.timedelta(seconds=1)),
+            allow=RoleConditions(logins=[ALICE_LOGIN], node_labels=LabelSelector({"*": ["*"]})),  # type: ignore[list-item]
+        ),
+    )
+    await cluster.admin_call(lambda c: c.upsert_role(role))
+    await cluster.add_user("alice", [], roles=["impatient"])
+    alice = await cluster.login("alice")
+    # Output keeps it alive ...
+    chatty = "for i in 1 2 3 4; do echo $i; sleep 0.4; done"
+    busy = await run_ssh(ssh_argv(alice, node, ALICE_LOGIN, chatty))
+    assert (busy.returncode, busy.stdout) == (0, b"1\n2\n3\n4\n")
+    # ... silence does not.
+    idle = await run_ssh(ssh_argv(alice, node, ALICE_LOGIN, "sleep 20; echo late"))
+    assert idle.returncode == 255
+    assert idle.stdout == b""
+    assert b"idle timeout" in idle.stderr

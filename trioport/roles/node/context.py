@@ -1,4 +1,11 @@
-"""What the node's connections share, and who is logged in on one of them."""
+"""What the node's connections share, who is logged in on one, and when it was last active.
+
+**Idle connections.** A logged-in connection on which no channel data has moved
+(either way) for the idle timeout is disconnected with the reason. The timeout
+is the shorter of ``teleport.connection_limits.client_idle_timeout`` (15 minutes
+by default; 0 turns it off) and the user's roles' ``client_idle_timeout``.
+Keepalives do not count as activity.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from trioport.config import Address
 from trioport.ssh import SSHConnection
@@ -19,7 +27,15 @@ from .access import AccessChecker, AccessDecision
 from .recorder import RecordingUploader
 from .sessions import Reporter, SessionRegistry
 
-__all__ = ["Login", "NodeContext", "address_of"]
+__all__ = [
+    "Activity",
+    "ActivityChannel",
+    "Login",
+    "NodeContext",
+    "address_of",
+    "idle_limit",
+    "watch_idle",
+]
 
 
 def address_of(conn: SSHConnection, *, local: bool = False) -> str:
@@ -46,6 +62,8 @@ class NodeContext:
     reporter: Reporter
     uploader: RecordingUploader
     clock: Callable[[], float] = time.time
+    #: The node's idle timeout in seconds (None: none); roles may shorten it.
+    idle_timeout: float | None = None
     #: The node is shutting down: no new logins.
     draining: bool = False
     #: Connections with a logged-in user, to disconnect at shutdown.
@@ -53,6 +71,56 @@ class NodeContext:
 
     def checker(self) -> UserCertificateChecker:
         return UserCertificateChecker(self.user_cas, clock=self.clock)
+
+
+class Activity:
+    """When data last moved on a connection's channels (trio's clock)."""
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+    def touch(self) -> None:
+        self.last = trio.current_time()
+
+
+class ActivityChannel:
+    """A channel that notes each send and receive in an :class:`Activity`."""
+
+    def __init__(self, chan: Any, activity: Activity) -> None:
+        self._chan = chan
+        self.activity = activity
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chan, name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.activity.touch()
+        await self._chan.send_all(data)
+
+    async def send_extended(self, data: bytes | bytearray | memoryview, stream: int = 1) -> None:
+        self.activity.touch()
+        await self._chan.send_extended(data, stream)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self._chan.receive_some(max_bytes)
+        self.activity.touch()
+        return data
+
+
+def idle_limit(*limits: float | None) -> float | None:
+    """The shortest of the limits that are set (None or 0: no limit)."""
+    values = [v for v in limits if v]
+    return min(values) if values else None
+
+
+async def watch_idle(activity: Activity, limit: float, disconnect: Callable[[str], Any]) -> None:
+    """Call ``disconnect(reason)`` once nothing has moved for ``limit`` seconds."""
+    while True:
+        remaining = activity.last + limit - trio.current_time()
+        if remaining <= 0:
+            await disconnect(f"idle timeout: no activity for {limit:g} seconds")
+            return
+        await trio.sleep(remaining)
 
 
 @attrs.frozen
@@ -67,6 +135,7 @@ class Login:
     access: AccessDecision
     remote_addr: str
     local_addr: str
+    activity: Activity = attrs.field(factory=lambda: Activity())
 
     def audit_fields(self) -> dict[str, Any]:
         return {

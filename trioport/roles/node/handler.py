@@ -48,7 +48,7 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
-from .context import Login, NodeContext, address_of
+from .context import ActivityChannel, Login, NodeContext, address_of, idle_limit, watch_idle
 from .shell import serve_session_channel
 
 __all__ = ["NodeSSHHandler"]
@@ -122,6 +122,14 @@ class NodeSSHHandler(SSHHandler):
         )
         if decision.disconnect_expired_cert and key.valid_before < 2**63:
             conn.start_soon(self._expire, conn, float(key.valid_before))
+        limit = idle_limit(node.idle_timeout, decision.client_idle_timeout)
+        if limit is not None:
+
+            async def idle(reason: str) -> None:
+                log.info("%s (%s): %s", login.user, remote, reason)
+                await conn.disconnect(DisconnectReason.BY_APPLICATION, reason)
+
+            conn.start_soon(watch_idle, login.activity, limit, idle)
         return True
 
     def _query_ok(self, cert: Certificate, peer: str | None) -> bool:
@@ -213,7 +221,7 @@ class NodeSSHHandler(SSHHandler):
 
         async def relay(chan: ChannelStream) -> None:
             async with stream:
-                await _relay(chan, stream)
+                await _relay(ActivityChannel(chan, login.activity), stream)  # type: ignore[arg-type]
 
         return relay
 

@@ -137,6 +137,8 @@ async def serve(
             reporter=reporter,
             uploader=uploader,
             clock=time.time,
+            idle_timeout=config.teleport.connection_limits.client_idle_timeout.total_seconds()
+            or None,
         )
         nursery.start_soon(command_labels.run)
         nursery.start_soon(heartbeat.run)

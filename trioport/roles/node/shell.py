@@ -47,7 +47,7 @@ from trioport.ssh.agent import session_agent_forwarding
 from trioport.ssh.session import SessionPolicy, run_process_on_channel
 from trioport.sshproto import events as ev
 
-from .context import Login, NodeContext
+from .context import ActivityChannel, Login, NodeContext
 from .sessions import JOIN_ENV, PARTY_QUEUE, REFRESH_SECONDS, ActiveSession, SessionChannel
 
 __all__ = [
@@ -169,6 +169,7 @@ async def serve_session_channel(
     node: NodeContext, conn: SSHConnection, chan: ChannelStream, login: Login
 ) -> None:
     """Serve one session channel of a logged-in user until it ends."""
+    chan = ActivityChannel(chan, login.activity)  # type: ignore[assignment]
     account = await trio.to_thread.run_sync(lookup_account, login.login)
     policy = _policy(node, conn, login, account) if account is not None else None
     env: dict[str, str] = {}
