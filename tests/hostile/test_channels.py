@@ -326,3 +326,41 @@ async def test_stalled_rekey_does_not_buffer_without_bound(hostile_server, keys)
         # command's whole output means there is no limit.
         assert held < 8 * 1024 * 1024, held
         await bed.witness_works()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trioport/ssh/session.py serve_session stores every accepted env request: "
+    "no cap on their number (OpenSSH session.c session_env_req ignores more than 128), "
+    "so a client can grow the server's memory before it ever runs a command",
+)
+async def test_env_requests_are_capped(hostile_server, keys) -> None:
+    requests = 300
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await _logged_in(bed, keys)
+        cid = await peer.open_session()
+        start = len(peer.events)
+
+        def replies() -> list[ev.Event]:
+            return [e for e in peer.events[start:] if isinstance(e, ev.ChannelRequestReply)]
+
+        # In batches the server's request queue (64) takes whole: only the env
+        # rule itself may refuse.
+        for batch in range(0, requests, 30):
+            end = min(batch + 30, requests)
+            for i in range(batch, end):
+                peer.conn.send(
+                    ev.ChannelRequest(
+                        channel=cid,
+                        request=ev.Env(name=f"LC_HOSTILE_{i}", value="x"),
+                        want_reply=True,
+                    )
+                )
+            await peer.flush()
+            await peer.until(lambda end=end: len(replies()) == end)
+        accepted = sum(1 for e in replies() if e.ok)  # type: ignore[attr-defined]
+        out = await peer.exec(b"env | grep -c '^LC_HOSTILE_'", cid)
+        assert int(out) == accepted
+        assert accepted <= 129, accepted  # OpenSSH: num_env > 128 is refused
+        await bed.witness_works()
