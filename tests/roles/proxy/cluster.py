@@ -97,7 +97,8 @@ class ClusterNode:
     host_id: str
     addr: Address
     labels: dict[str, str]
-    handler_refusals: list[str] = field(default_factory=list)
+    #: A stand-in node's identity (the node service keeps its own).
+    identity: ClientIdentity | None = None
 
 
 @dataclass
@@ -206,15 +207,20 @@ ssh_service:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         addrs = await self.nursery.start(serve_ssh, listeners, config, factory)
         addr = Address("127.0.0.1", int(addrs[0][1]))
-        node = ClusterNode(name, joined.host_id, addr, dict(labels or {}))
-        report = Node(
-            metadata=Metadata(name=joined.host_id, labels=dict(labels or {})),  # type: ignore[arg-type]
-            spec=NodeSpec(hostname=name, addr=str(addr)),
-        )
-        async with connect_auth(self.auth_addr, identity) as client:
-            await client.heartbeat(report)
+        node = ClusterNode(name, joined.host_id, addr, dict(labels or {}), identity)
+        await self.heartbeat(node)
         self.nodes[name] = node
         return node
+
+    async def heartbeat(self, node: ClusterNode, *, addr: str | None = None) -> None:
+        """Report a stand-in node alive (at ``addr``, or where it listens)."""
+        assert node.identity is not None, "the node service heartbeats by itself"
+        report = Node(
+            metadata=Metadata(name=node.host_id, labels=dict(node.labels)),  # type: ignore[arg-type]
+            spec=NodeSpec(hostname=node.name, addr=addr or str(node.addr)),
+        )
+        async with connect_auth(self.auth_addr, node.identity) as client:
+            await client.heartbeat(report)
 
     async def events(self, *names: str) -> list[dict[str, Any]]:
         async with self.admin_client() as client:
