@@ -243,13 +243,6 @@ async def test_channel_messages_out_of_order(hostile_server, keys, sequence, wor
         await _expect_protocol_error(bed, peer, words)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trioport/sshproto/channels.py Channels._on_open accepts max_packet 0; the "
-    "first output on that channel then spins trioport/ssh/channel.py ChannelStream._send "
-    "forever (n = min(budget, 0) never shrinks budget), freezing the whole server and "
-    "queueing empty CHANNEL_DATA without bound",
-)
 async def test_channel_open_with_max_packet_zero_is_refused(hostile_server, keys) -> None:
     # Never run a command on such a channel here: on a server with the bug that
     # freezes this very process. Refusing the open (OPEN_FAILURE, or ending the
@@ -279,13 +272,6 @@ async def test_channel_open_with_max_packet_one_works(hostile_server, keys) -> N
         await bed.witness_works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trioport/sshproto/transport.py Transport.send holds every non-kex payload "
-    "while a key exchange runs, and trioport/ssh/connection.py flush() does not wait "
-    "for held payloads: a client that starts a rekey and never finishes it makes the "
-    "server buffer channel output up to the client's window (up to 4 GiB per channel)",
-)
 async def test_stalled_rekey_does_not_buffer_without_bound(hostile_server, keys) -> None:
     output = 32 * 1024 * 1024
     with trio.fail_after(TIMEOUT):
@@ -328,12 +314,6 @@ async def test_stalled_rekey_does_not_buffer_without_bound(hostile_server, keys)
         await bed.witness_works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trioport/ssh/session.py serve_session stores every accepted env request: "
-    "no cap on their number (OpenSSH session.c session_env_req ignores more than 128), "
-    "so a client can grow the server's memory before it ever runs a command",
-)
 async def test_env_requests_are_capped(hostile_server, keys) -> None:
     requests = 300
     with trio.fail_after(TIMEOUT):

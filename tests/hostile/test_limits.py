@@ -93,12 +93,6 @@ async def test_login_grace_expires_while_clients_are_busy(hostile_server) -> Non
         await bed.witness_works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trioport/ssh/connection.py SSHConnection._pump: when disconnect() queues our "
-    "DISCONNECT while the pump waits in flush(), the pump sees core.closed, breaks and "
-    "cancels the connection's nursery (the flusher too) before the DISCONNECT is written",
-)
 async def test_every_busy_client_is_told_why(hostile_server) -> None:
     # The same race made sharp: 24 clients keep the server reading all the time.
     # Each must still receive its DISCONNECT, not just a closed socket.

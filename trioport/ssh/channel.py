@@ -191,11 +191,14 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             conn = self._conn
             while view:
                 self._check_sendable()
+                if conn.core_output_held():
+                    await conn.wait_output_released()
+                    continue
                 window = conn.core_send_window(self.channel)
                 if window <= 0:
                     await self._window_lot.park()
                     continue
-                max_packet = conn.core_max_packet(self.channel)
+                max_packet = max(1, conn.core_max_packet(self.channel))
                 # Queue as many packets as the window allows, then one flush: one
                 # send_all per batch, not per packet.
                 budget = min(window, len(view))

@@ -44,6 +44,9 @@ __all__ = ["CompletedCommand", "SSHConnection", "SSHHandler", "open_ssh"]
 
 log = logging.getLogger("trioport.ssh")
 
+#: Seconds we wait for our DISCONNECT to reach a peer before closing the socket.
+DISCONNECT_GRACE = 2.0
+
 #: Bytes asked of the transport per read; large enough for a batch of packets.
 RECEIVE_SIZE = 256 * 1024
 
@@ -142,11 +145,21 @@ class SSHConnection:
             raise trio.BrokenResourceError("SSH connection is gone") from self.error
         self._core.send(event)
 
+    def core_output_held(self) -> bool:
+        return self._core.output_held
+
     def core_send_window(self, channel: int) -> int:
         return self._core.send_window(channel)
 
     def core_max_packet(self, channel: int) -> int:
         return self._core.max_packet(channel)
+
+    async def wait_output_released(self) -> None:
+        """Wait while a key exchange holds our output back (OpenSSH stops reading
+        channels then too), so a peer that never finishes a rekey cannot make us
+        buffer without bound."""
+        while self._core.output_held and self.error is None:
+            await self._wait_or_closed(self._rekeyed)
 
     def core_acknowledge(self, channel: int, n: int) -> None:
         try:
@@ -213,6 +226,10 @@ class SSHConnection:
                     await self._dispatch(event)
                 await self.flush()
                 if core.closed:
+                    # A DISCONNECT may have been queued (by disconnect()) while we
+                    # were flushing: deliver it before the nursery is cancelled.
+                    with trio.move_on_after(DISCONNECT_GRACE):
+                        await self.flush()
                     break
                 timer = core.get_timer()
                 with trio.move_on_at(timer if timer is not None else math.inf) as scope:

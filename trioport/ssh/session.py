@@ -33,6 +33,9 @@ log = logging.getLogger("trioport.ssh.session")
 
 SubsystemHandler = Callable[[ChannelStream], Awaitable[None]]
 
+#: Environment variables one session may set with ``env`` (OpenSSH: 128).
+MAX_ENV = 128
+
 #: pty-req mode opcodes we apply (RFC 4254 §8); others are accepted and ignored.
 _TTY_OP_ISPEED, _TTY_OP_OSPEED = 128, 129
 
@@ -78,7 +81,8 @@ async def serve_session(chan: ChannelStream, policy: SessionPolicy | None = None
     while (req := await chan.next_request()) is not None:
         request = req.request
         if isinstance(request, ev.Env):
-            ok = _env_allowed(request.name, policy.accept_env)
+            # OpenSSH's session_env_req ignores more than 128 variables, too.
+            ok = len(env) < MAX_ENV and _env_allowed(request.name, policy.accept_env)
             if ok:
                 env[request.name] = request.value
             await chan.reply(req, ok)
@@ -255,10 +259,19 @@ async def _run_piped(chan: ChannelStream, argv: list[str], kwargs: dict) -> int:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(pipe)
         if process.returncode is None:
-            process.kill()
+            _kill_group(process)
             with trio.CancelScope(shield=True):
                 await process.wait()
     return process.returncode
+
+
+def _kill_group(process: trio.Process) -> None:
+    """Kill a session cut short, with everything it started (its own process group:
+    it was started with ``start_new_session``), so nothing outlives the session."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
 
 
 async def _run_on_pty(
@@ -307,7 +320,7 @@ async def _run_on_pty(
             nursery.cancel_scope.cancel()
     finally:
         if process.returncode is None:
-            process.kill()
+            _kill_group(process)
             with trio.CancelScope(shield=True):
                 await process.wait()
         await trio.aclose_forcefully(master_stream)

@@ -335,6 +335,9 @@ class Channels:
         if msg.kind == "session" and self.no_more_sessions:
             # OpenSSH PROTOCOL §2.2: "refuse ... and instead immediately abort".
             raise RemoteProtocolError("session channel after no-more-sessions@openssh.com")
+        if msg.max_packet == 0:
+            # Nothing could ever be sent on it; a sender would spin on empty packets.
+            raise RemoteProtocolError("channel open with a maximum packet size of 0")
         cid = self._allocate()
         event = m.decode_channel_open(cid, msg.kind, msg.data)
         self._channels[cid] = Channel(
@@ -352,6 +355,8 @@ class Channels:
         chan = self._channels.get(msg.recipient)
         if chan is None or chan.inbound or chan.ours is not OurChannelState.OPENING:
             raise RemoteProtocolError(f"unexpected open confirmation for {msg.recipient}")
+        if msg.max_packet == 0:
+            raise RemoteProtocolError("channel confirmed with a maximum packet size of 0")
         self._theirs(chan.id, _A.CONFIRM)
         chan.ours = OurChannelState.OPEN
         chan.peer_id = msg.sender

@@ -165,6 +165,15 @@ class Connection:
         return self._transport.data_to_send()
 
     @property
+    def output_held(self) -> bool:
+        """Whether a key exchange is holding back what :meth:`send` queues.
+
+        Held messages go out after our NEWKEYS; a driver should not queue more
+        channel data meanwhile (the peer controls how long that takes).
+        """
+        return self._transport.holding
+
+    @property
     def has_data_to_send(self) -> bool:
         """Whether :meth:`data_to_send` would return anything (cheap to ask)."""
         return self._transport.has_data_to_send

@@ -167,6 +167,11 @@ class Transport:
         return len(self._inbuf) - self._inpos
 
     @property
+    def holding(self) -> bool:
+        """Whether non-kex messages are being held until our NEWKEYS (a kex runs)."""
+        return not self._newkeys_sent
+
+    @property
     def has_data_to_send(self) -> bool:
         """Whether anything is queued for the wire."""
         return bool(self._out)

@@ -337,18 +337,30 @@ async def run_session(
             if interactive:
                 nursery.start_soon(wrapped.pump_client_input)
             nursery.start_soon(_refresh, node, session)
+            nursery.start_soon(_hang_up, chan, nursery.cancel_scope)
             try:
                 await run_process_on_channel(wrapped, command, policy, full_env, pty)  # type: ignore[arg-type]
-            except OSError as exc:
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except* OSError as group:
+                exc = group.exceptions[0]
                 log.warning("session %s: cannot start %s: %s", sid, policy.shell, exc)
+                why = getattr(exc, "strerror", None) or exc
                 await _fail(
                     wrapped,  # type: ignore[arg-type]
-                    f"trioport: cannot start {policy.shell}: {exc.strerror or exc}",
+                    f"trioport: cannot start {policy.shell}: {why}",
                     CANNOT_START_STATUS,
                 )
             nursery.cancel_scope.cancel()
     finally:
         _end(node, login, session, command)
+
+
+async def _hang_up(chan: ChannelStream, scope: trio.CancelScope) -> None:
+    """End the session when the client closes its channel (or the connection ends)
+    before the command does: the command and everything it started are killed."""
+    await chan.wait_closed()
+    scope.cancel()
 
 
 async def _refresh(node: NodeContext, session: ActiveSession) -> None:
