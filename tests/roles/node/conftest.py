@@ -68,8 +68,11 @@ def _userdel(name: str) -> None:
 def os_users() -> Iterator[OSUsers]:
     for name in (ALICE_LOGIN, BOB_LOGIN, GHOST_LOGIN):
         _userdel(name)
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", ALICE_LOGIN], check=True)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", BOB_LOGIN], check=True)
+    for name, shell in ((ALICE_LOGIN, "/bin/bash"), (BOB_LOGIN, "/bin/sh")):
+        try:
+            pwd.getpwnam(name)  # left over (a process of it still ran): use it
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", shell, name], check=True)
     try:
         yield OSUsers(pwd.getpwnam(ALICE_LOGIN), pwd.getpwnam(BOB_LOGIN))
     finally:

@@ -19,6 +19,7 @@ from .conftest import (
     run_ssh,
     ssh_argv,
     ssh_options,
+    wait_for,
 )
 
 
@@ -188,3 +189,47 @@ async def test_an_unknown_subsystem_is_refused(cluster: Cluster) -> None:
     result = await run_ssh(ssh_argv(alice, node, ALICE_LOGIN, "-s", "nonesuch"))
     assert result.returncode == 255
     assert b"subsystem request failed" in result.stderr
+
+
+def _processes_of(uid: int, marker: bytes) -> list[int]:
+    """Pids of ``uid``'s processes whose command line (NUL-separated) holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_client_that_leaves_takes_its_commands_with_it(
+    cluster: Cluster, os_users: OSUsers
+) -> None:
+    node = await cluster.start_node()
+    await cluster.add_user("alice", [ALICE_LOGIN])
+    alice = await cluster.login("alice")
+    uid = os_users.alice.pw_uid
+    for flag, marker in (("-T", "301"), ("-tt", "302")):
+        argv = ssh_argv(alice, node, ALICE_LOGIN, flag, f"sleep {marker} & sleep 1{marker}")
+        proc, master = await _pty_ssh(argv, 24, 80)
+        screen = Screen(master)
+
+        async def running(text: str = f"sleep\0{marker}\0") -> bool:
+            return bool(_processes_of(uid, text.encode()))
+
+        async def gone(text: str = f"sleep\0{marker}\0") -> bool:
+            return not _processes_of(uid, text.encode())
+
+        try:
+            await wait_for(running, step=0.05)
+            proc.kill()  # the client vanishes
+            await proc.wait()
+            await wait_for(gone, step=0.05)
+        finally:
+            await screen.stream.aclose()
