@@ -265,6 +265,22 @@ async def test_openssh_through_the_proxy_with_tsh_config(tmp_path: Path) -> None
         assert done.stdout == b"via -J\n", done.stderr.decode()
         assert done.returncode == 0
 
+        # tsh itself as the ProxyCommand.
+        proxy_command = " ".join([*TSH, "proxy", "ssh", "%r@%h:%p"])
+        done = await trio.run_process(
+            [
+                *(SSH, "-F", str(config), "-o", "BatchMode=yes"),
+                *("-o", f"ProxyCommand={proxy_command}"),
+                *(f"{LOGIN}@web1.{cluster.name}", "echo via tsh proxy ssh"),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=tsh_env(home),
+        )
+        assert done.stdout == b"via tsh proxy ssh\n", done.stderr.decode()
+
         # Refusals carry the proxy's reason, in both forms.
         done = await ssh(config, f"{LOGIN}@vault.{cluster.name}", "true")
         assert done.returncode == 255
