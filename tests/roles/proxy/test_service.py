@@ -13,6 +13,7 @@ from trioport.authclient import ClientIdentity, connect_auth
 from trioport.config import Address, Config, loads_config
 from trioport.errors import ConfigError
 from trioport.roles.auth.service import serve as serve_auth
+from trioport.roles.node.service import serve as serve_node
 from trioport.roles.proxy.client import ProxyUnavailable, ping
 from trioport.roles.proxy.service import ProxyAddresses
 from trioport.roles.proxy.service import serve as serve_proxy
@@ -91,4 +92,26 @@ async def test_configured_https_files_are_served(tmp_path: Path) -> None:
         other = ensure_self_signed(tmp_path / "other", ["localhost"])
         with pytest.raises(ProxyUnavailable, match="not trusted"):
             await _ping(addrs, other.cert_file)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_proxy_beside_a_node_joins_as_the_same_host(tmp_path: Path) -> None:
+    config = _config(tmp_path / "data")
+    config.ssh_service.listen_addr = Address("127.0.0.1", 0)
+    async with trio.open_nursery() as nursery:
+        proxy_token = await _start_auth(nursery, config)
+        admin = ClientIdentity.load(tmp_path / "data" / "admin")
+        async with connect_auth(config.teleport.auth_servers[0], admin) as client:
+            node_token = (await client.add_token(["node"]))["token"]
+        config.teleport.auth_token = node_token
+        await nursery.start(lambda **kw: serve_node(config, **kw))
+        node = ClientIdentity.load(tmp_path / "data" / "node")
+        # Same node name, same data directory: one host with two roles.
+        addrs = await nursery.start(lambda **kw: serve_proxy(config, join_token=proxy_token, **kw))
+        assert (await _ping(addrs))["cluster_name"] == CLUSTER
+        proxy = ClientIdentity.load(tmp_path / "data" / "proxy")
+        assert proxy.username == node.username and proxy.key.public == node.key.public
+        async with connect_auth(config.teleport.auth_servers[0], admin) as client:
+            nodes = await client.list_nodes()
+        assert [n["hostname"] for n in nodes] == ["proxy1"]
         nursery.cancel_scope.cancel()

@@ -8,7 +8,10 @@ trioport service). In order, it:
    ``join_token`` argument) and keeps its key, host certificate and the host CA in
    ``DATA_DIR/proxy/`` (``key`` 0600, ``key-cert.pub``, ``known_hosts``, and
    ``host_uuid``; the directory 0700). Later starts reuse them, and ask auth for a
-   fresh host certificate naming the proxy's current addresses.
+   fresh host certificate naming the proxy's current addresses. When the node
+   service of the same data directory has already joined, the proxy joins as the
+   same host (the node's key and UUID, a second role): the node name is reserved
+   for one host, so two keys could not both use it.
 2. **connects to the auth service** (``teleport.auth_servers``, or this process's
    own ``auth_service.listen_addr``) with that identity, and keeps the connection
    up (:class:`~.state.AuthLink`); the user CA comes from there.
@@ -108,8 +111,19 @@ async def load_or_join(
     auth_addresses: list[Address],
     token: str | None,
     addresses: list[str],
+    siblings: Iterable[str | os.PathLike[str]] = (),
 ) -> ClientIdentity:
     """The proxy's host identity from ``folder``, joining the cluster the first time.
+
+    Args:
+        config: the configuration (``teleport.nodename`` is the name joined with).
+        folder: where the identity is kept.
+        auth_addresses: the auth servers, tried in turn.
+        token: a join token for the ``proxy`` role (needed only the first time).
+        addresses: IP addresses for the host certificate.
+        siblings: identity directories of other services of this host (the node's
+            ``DATA_DIR/node``); if one holds a joined identity, the proxy joins as
+            the same host (its key and UUID), since a name belongs to one host.
 
     Raises:
         ConfigError: no identity yet and no token to join with.
@@ -135,7 +149,20 @@ async def load_or_join(
         host_id: str | None = (await uuid_path.read_text()).strip() or None
     except FileNotFoundError:
         host_id = None
-    key = await trio.to_thread.run_sync(PrivateKey.generate)
+    key: PrivateKey | None = None
+    for other in siblings:
+        # This machine already joined as another service (the node, in the same
+        # data directory): join as the same host, with its key and UUID, so the
+        # names it reserved stay its own.
+        try:
+            sibling = await trio.to_thread.run_sync(ClientIdentity.load, os.fspath(other))
+        except (OSError, KeyFormatError):
+            continue
+        key, host_id = sibling.key, sibling.username
+        log.info("joining as the same host as %s (%s)", other, host_id)
+        break
+    if key is None:
+        key = await trio.to_thread.run_sync(PrivateKey.generate)
     last: TrioportError | None = None
     for addr in auth_addresses:
         try:
@@ -246,6 +273,7 @@ async def serve(
             auth_addresses=auth_addresses,
             token=join_token or config.teleport.auth_token,
             addresses=addresses,
+            siblings=[os.path.join(config.teleport.data_dir, "node")],
         )
     holder: list[ProxyState] = []
 
