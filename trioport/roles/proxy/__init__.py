@@ -6,7 +6,7 @@
 - :mod:`.router`: which node a user means, and whether her roles let her see it;
 - :mod:`.web`: the HTTPS port (3080): ``tsh login`` and invites, on Teleport's paths;
 - :mod:`.state`: what those share (the link to auth, the CAs);
-- :mod:`.client` and :mod:`.profile`: the client side that ``tsh`` is built on.
+- :mod:`.client`, :mod:`.profile` and :mod:`.transfer`: the client side ``tsh`` is built on.
 
 The proxy keeps nothing persistent but its own identity; sessions run end to end
 between the user and the node, so the proxy never sees their contents.
