@@ -28,8 +28,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InternalError
-
 from trioport.errors import TrioportError
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
@@ -82,42 +80,9 @@ class KnownBug:
 
 #: Bugs found and not yet fixed in the library (see the module docstring).
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        target="authfiles",
-        crash="marker_without_hosts",
-        exception=IndexError,
-        where="authfiles.py:_split_word",
-        reason="parse_known_host('@revoked') (a marker and nothing else) raises"
-        " IndexError instead of KeyFormatError, and parse_known_hosts does not skip it",
-    ),
-    KnownBug(
-        target="authfiles",
-        crash="tunnel_superscript_digit",
-        exception=ValueError,
-        where="authfiles.py:parse",
-        reason='tunnel="\\xb2" in authorized_keys: str.isdigit() accepts "²" but int()'
-        " refuses it, so KeyOptions.parse raises ValueError instead of KeyFormatError",
-    ),
-    KnownBug(
-        target="keyfiles",
-        crash="pkcs8_scrypt_unallocatable",
-        exception=InternalError,
-        where="keyfiles.py:_load_pem",
-        reason="an encrypted PKCS#8 key whose scrypt N (2**40) cannot be allocated: with a"
-        " passphrase, cryptography raises InternalError (malloc failure), which"
-        " load_private_key lets escape instead of KeyFormatError",
-    ),
-    KnownBug(
-        target="keyfiles",
-        crash="pkcs8_pbkdf2_2e31_iterations",
-        exception=TimeoutError,
-        where="(hang)",
-        reason="an encrypted PKCS#8 key asking for 2**31-1 PBKDF2 iterations: with any"
-        " passphrase load_private_key computes them all (about 6 minutes of CPU);"
-        " max_kdf_rounds caps only openssh-key-v1 files, not PEM/PKCS#8 (PBKDF2"
-        " iterations, scrypt N, r, p)",
-        cpu_seconds=3.0,
-    ),
+    # Fixed and kept as seeds in corpus/<target>/fixed-*: authfiles marker_without_hosts
+    # and tunnel_superscript_digit, keyfiles pkcs8_scrypt_unallocatable and
+    # pkcs8_pbkdf2_2e31_iterations.
 )
 
 

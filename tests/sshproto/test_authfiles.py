@@ -307,3 +307,15 @@ def test_random_lines_raise_only_key_format_errors(text) -> None:
                 pass
     parse_authorized_keys(text)
     parse_known_hosts(text)
+
+
+def test_a_marker_alone_is_refused_not_a_crash() -> None:
+    # Found by fuzz/fuzz_authfiles.py: it raised IndexError.
+    with pytest.raises(KeyFormatError):
+        parse_known_host("@revoked")
+
+
+def test_tunnel_must_be_ascii_digits() -> None:
+    # Found by fuzz/fuzz_authfiles.py: "²" passes str.isdigit() but not int().
+    with pytest.raises(KeyFormatError, match="is not a number"):
+        parse_authorized_key('tunnel="\xb2" ' + ED_LINE)

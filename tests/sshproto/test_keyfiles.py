@@ -310,3 +310,13 @@ def test_every_bit_flip_of_an_unencrypted_file_is_refused_or_harmless() -> None:
             continue
         # Only the comment or the check integers can change without refusal.
         assert key.public == _fixture("ecdsa256").public
+
+
+@pytest.mark.parametrize("name", ["pkcs8_pbkdf2_2e31_iterations", "pkcs8_scrypt_unallocatable"])
+def test_costly_pkcs8_key_derivation_is_refused_before_it_runs(name: str) -> None:
+    # Found by fuzz/fuzz_keyfiles.py: 2**31 PBKDF2 rounds took minutes of CPU, and an
+    # unallocatable scrypt N escaped as cryptography's InternalError.
+    corpus = pathlib.Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "keyfiles"
+    data = (corpus / f"fixed-{name}").read_bytes()
+    with pytest.raises(KeyFormatError, match="asks for too much|derivation rounds"):
+        load_private_key(data, b"any passphrase")

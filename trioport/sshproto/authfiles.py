@@ -432,7 +432,7 @@ class KeyOptions:
                     ) from None
                 once("expiry_time", value, name)
             elif name == "tunnel":
-                if not value.isdigit() or len(value) > 9:
+                if not (value.isascii() and value.isdigit()) or len(value) > 9:
                     raise KeyFormatError(f"tunnel={value!r} is not a number")
                 once("tunnel", int(value), name)
             else:
@@ -634,6 +634,8 @@ def _parse_hashed(field_text: str) -> tuple[bytes, bytes]:
 
 def _split_word(text: str) -> tuple[str, str, str]:
     parts = text.split(None, 1)
+    if not parts:
+        return "", " ", ""
     return parts[0], " ", parts[1].strip() if len(parts) > 1 else ""
 
 

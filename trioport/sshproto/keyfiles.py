@@ -402,7 +402,117 @@ def _load_openssh(
     return key, comment
 
 
+#: The most PBKDF2 iterations an encrypted PKCS#8 file may ask for (OpenSSL writes
+#: 2,048; a million takes about a second here). A hostile file could ask for 2^31.
+MAX_PBKDF2_ITERATIONS = 1_000_000
+#: The most memory an scrypt-encrypted PKCS#8 file may ask for (128 * N * r bytes).
+MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
+#: The most scrypt parallelism (p) accepted.
+MAX_SCRYPT_PARALLELISM = 16
+
+_OID_PBES2 = bytes.fromhex("2a864886f70d01050d")
+_OID_PBKDF2 = bytes.fromhex("2a864886f70d01050c")
+_OID_SCRYPT = bytes.fromhex("2b06010401da47040b")
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER element at ``pos``: (tag, start of contents, end of contents)."""
+    if pos + 2 > len(data):
+        raise KeyFormatError("truncated DER in PKCS#8 key")
+    tag, first = data[pos], data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise KeyFormatError("bad DER length in PKCS#8 key")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise KeyFormatError("truncated DER in PKCS#8 key")
+    return tag, pos, pos + length
+
+
+def _der_children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    out = []
+    while start < end:
+        element = _der(data, start)
+        out.append(element)
+        start = element[2]
+    return out
+
+
+def _der_int(data: bytes, element: tuple[int, int, int]) -> int:
+    tag, start, end = element
+    if tag != 0x02 or end - start > 16:
+        raise KeyFormatError("bad integer in PKCS#8 encryption parameters")
+    return int.from_bytes(data[start:end], "big", signed=True)
+
+
+def _unarmor_pkcs8(data: bytes) -> bytes:
+    """The DER inside a ``BEGIN ENCRYPTED PRIVATE KEY`` PEM block."""
+    text = data.decode("ascii", "replace")
+    begin = text.find("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    end = text.find("-----END ENCRYPTED PRIVATE KEY-----", begin)
+    if begin < 0 or end < 0:
+        return b""
+    body = text[begin + len("-----BEGIN ENCRYPTED PRIVATE KEY-----") : end]
+    return base64.b64decode("".join(body.split()), validate=True)
+
+
+def _check_pkcs8_kdf(der: bytes) -> None:
+    """Refuse an EncryptedPrivateKeyInfo whose key derivation is absurdly costly.
+
+    RFC 5958 §3 / RFC 8018: PBES2 with PBKDF2 (iterations) or scrypt (N, r, p), or a
+    PBES1/PKCS#12 scheme whose parameters are (salt, iterations). Checked before
+    ``cryptography`` runs the derivation, which cannot be interrupted.
+    """
+    tag, start, end = _der(der, 0)
+    top = _der_children(der, start, end) if tag == 0x30 else []
+    if len(top) != 2 or top[0][0] != 0x30:
+        return  # not encrypted PKCS#8: nothing to derive
+    algorithm = _der_children(der, top[0][1], top[0][2])
+    if len(algorithm) != 2 or algorithm[0][0] != 0x06 or algorithm[1][0] != 0x30:
+        return
+    oid = der[algorithm[0][1] : algorithm[0][2]]
+    params = _der_children(der, algorithm[1][1], algorithm[1][2])
+    if oid == _OID_PBES2:
+        if not params or params[0][0] != 0x30:
+            raise KeyFormatError("bad PBES2 parameters in PKCS#8 key")
+        kdf = _der_children(der, params[0][1], params[0][2])
+        if len(kdf) != 2 or kdf[0][0] != 0x06 or kdf[1][0] != 0x30:
+            raise KeyFormatError("bad key derivation parameters in PKCS#8 key")
+        kdf_oid = der[kdf[0][1] : kdf[0][2]]
+        values = _der_children(der, kdf[1][1], kdf[1][2])
+        if kdf_oid == _OID_SCRYPT:
+            if len(values) < 4:
+                raise KeyFormatError("bad scrypt parameters in PKCS#8 key")
+            n, r, p = (_der_int(der, v) for v in values[1:4])
+            if n < 2 or r < 1 or p < 1 or 128 * n * r > MAX_SCRYPT_MEMORY:
+                raise KeyFormatError("PKCS#8 key asks for too much scrypt memory")
+            if p > MAX_SCRYPT_PARALLELISM:
+                raise KeyFormatError("PKCS#8 key asks for too much scrypt parallelism")
+            return
+    else:
+        values = params  # PBES1 / PKCS#12 schemes: (salt, iterations)
+    if len(values) > 1:
+        iterations = _der_int(der, values[1])
+        if iterations > MAX_PBKDF2_ITERATIONS:
+            raise KeyFormatError(
+                f"PKCS#8 key asks for {iterations} key derivation rounds"
+                f" (at most {MAX_PBKDF2_ITERATIONS})"
+            )
+
+
 def _load_pem(data: bytes, passphrase: bytes | None) -> PrivateKey:
+    if passphrase and b"ENCRYPTED PRIVATE KEY" in data:
+        try:
+            der = _unarmor_pkcs8(data)
+            if der:
+                _check_pkcs8_kdf(der)
+        except ValueError:
+            raise KeyFormatError("cannot read PEM private key: bad base64") from None
     try:
         key = serialization.load_pem_private_key(data, passphrase or None)
     except TypeError:
@@ -413,6 +523,8 @@ def _load_pem(data: bytes, passphrase: bytes | None) -> PrivateKey:
         if passphrase and is_encrypted(data):
             raise KeyFormatError(_WRONG) from None
         raise KeyFormatError(f"cannot read PEM private key: {exc}") from None
+    except Exception as exc:  # e.g. OpenSSL failing to allocate
+        raise KeyFormatError(f"cannot read PEM private key: {type(exc).__name__}") from None
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise KeyFormatError(
             f"RSA key of {key.key_size} bits is too small:"
