@@ -39,7 +39,7 @@ from trioport.roles.proxy import transfer
 from trioport.roles.proxy.profile import NotLoggedIn, Profile, tsh_home
 from trioport.roles.proxy.router import NodeInfo, parse_selector
 from trioport.ssh import ChannelStream, SSHConnection
-from trioport.ssh.agent import open_agent
+from trioport.ssh.agent import AgentForwardingHandler, open_agent
 from trioport.ssh.sftp_client import open_sftp
 from trioport.sshproto import events as ev
 from trioport.sshproto.certs import EXT_ROLES
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     tty_group.add_argument("-t", dest="tty", action="store_true", default=None, help="force a pty")
     tty_group.add_argument("-T", dest="tty", action="store_false", default=None, help="never a pty")
     p.add_argument("-n", dest="no_stdin", action="store_true", help="read nothing from stdin")
+    p.add_argument(
+        "-A", dest="forward_agent", action="store_true", help="forward the agent (SSH_AUTH_SOCK)"
+    )
     p.add_argument(
         "destination", metavar="[LOGIN@]NODE", help="a node name, address or LABEL=VALUE"
     )
@@ -434,9 +437,17 @@ def _window_size() -> tuple[int, int]:
     return 80, 24
 
 
-async def _run_session(conn: SSHConnection, command: str | None, pty: bool, stdin: bool) -> int:
+async def _run_session(
+    conn: SSHConnection,
+    command: str | None,
+    pty: bool,
+    stdin: bool,
+    agent: AgentForwardingHandler | None = None,
+) -> int:
     """Run ``command`` (or a shell) on ``conn`` wired to this terminal; its exit status."""
     chan = await conn.open_session()
+    if agent is not None and not await agent.request(chan):
+        print("warning: the node refused agent forwarding", file=sys.stderr)
     if pty:
         cols, rows = _window_size()
         term = os.environ.get("TERM", "xterm")
@@ -521,6 +532,12 @@ async def _ssh_async(args: argparse.Namespace, profile: Profile) -> int:
             targets = [(n.host_id, n.host_id) for n in matched]
         status = 0
         for target, principal in targets:
+            agent = None
+            if args.forward_agent:
+                socket_path = os.environ.get("SSH_AUTH_SOCK")
+                if not socket_path:
+                    raise TrioportError("-A: SSH_AUTH_SOCK is not set; there is no agent")
+                agent = AgentForwardingHandler(socket_path)
             async with proxy_client.connect_node(
                 proxy,
                 target,
@@ -530,8 +547,10 @@ async def _ssh_async(args: argparse.Namespace, profile: Profile) -> int:
                 host_cas=profile.host_cas,
                 cluster=profile.cluster,
                 principal=principal,
+                handler=agent,
             ) as conn:
-                status = await _run_session(conn, command, bool(pty), not args.no_stdin) or status
+                stdin = not args.no_stdin
+                status = await _run_session(conn, command, bool(pty), stdin, agent) or status
         return status
 
 

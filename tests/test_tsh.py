@@ -359,6 +359,7 @@ async def test_login_prompts_on_a_terminal_and_offers_the_certificate_to_ssh_age
     tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("web1")
         hank = await cluster.add_user("hank")
         home = tmp_path / "tsh"
         socket_path = tmp_path / "agent.sock"
@@ -406,6 +407,14 @@ async def test_login_prompts_on_a_terminal_and_offers_the_certificate_to_ssh_age
             )
             cert = (home / "keys" / "127.0.0.1" / "hank-cert.pub").read_text().split()[1]
             assert cert in listed.stdout.decode()
+
+            # -A: the node's session reaches this agent (and lists the certificate).
+            agent_env = {"SSH_AUTH_SOCK": str(socket_path)}
+            done = await tsh(cluster, home, "ssh", "-A", "web1", "ssh-add -L", env=agent_env)
+            assert done.returncode == 0, text(done)
+            assert cert in done.stdout.decode()
+            done = await tsh(cluster, home, "ssh", "web1", "ssh-add -L", env=agent_env)
+            assert done.returncode != 0 and cert not in done.stdout.decode()
             out = await tsh(cluster, home, "logout", env={"SSH_AUTH_SOCK": str(socket_path)})
             assert out.returncode == 0
             listed = await trio.run_process(

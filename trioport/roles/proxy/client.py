@@ -39,7 +39,15 @@ from trioport.errors import (
     ProtocolError,
     TrioportError,
 )
-from trioport.ssh import KeySigner, Signer, SSHConnection, authenticate, connect, open_ssh
+from trioport.ssh import (
+    KeySigner,
+    Signer,
+    SSHConnection,
+    SSHHandler,
+    authenticate,
+    connect,
+    open_ssh,
+)
 from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertType, ServiceRole, check_certificate
@@ -360,6 +368,7 @@ async def connect_node(
     host_cas: Sequence[PublicKey],
     cluster: str,
     principal: str | None = None,
+    handler: SSHHandler | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
 ) -> AsyncIterator[SSHConnection]:
     """An SSH connection to ``node`` as ``login``, end to end inside the proxy.
@@ -371,6 +380,7 @@ async def connect_node(
             node reports).
         principal: the name the node's host certificate must carry (default:
             ``node`` without the ``.cluster`` suffix).
+        handler: what to do with channels the node opens (agent forwarding).
 
     Raises:
         ProxyRefused: the proxy would not connect us (no such node, access denied,
@@ -407,7 +417,7 @@ async def connect_node(
     config = ConnectionConfig(role=Role.CLIENT, verify_host_key=verify)
     established = False
     try:
-        async with open_ssh(chan, config) as conn:
+        async with open_ssh(chan, config, handler) as conn:
             with trio.fail_after(connect_timeout):
                 await authenticate(conn, login, signers=signers)
             established = True
