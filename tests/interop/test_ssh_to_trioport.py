@@ -135,22 +135,44 @@ async def test_every_host_key_type(trioport_server, user_key, key_type) -> None:
     assert key.public.fingerprint().encode() in result.stderr
 
 
-async def test_bulk_transfer_both_ways_with_rekeys(trioport_server, user_key) -> None:
-    server = await trioport_server()
-    data = os.urandom(8 * 1024 * 1024)
-    digest = hashlib.sha256(data).hexdigest()
-    result = await run(
-        ssh_command(
-            server.port,
-            user_key.path,
-            "sha256sum; head -c 8388608 /dev/zero | sha256sum",
-            options={"RekeyLimit": "1M"},
-        ),
-        stdin=data,
-    )
-    lines = result.stdout.decode().split("\n")
-    assert lines[0].split()[0] == digest
-    assert lines[1].split()[0] == hashlib.sha256(b"\0" * 8 * 1024 * 1024).hexdigest()
+BULK = 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("rekeys", ["none", "openssh-every-MiB", "trioport-every-MiB"])
+async def test_64_mib_each_way_with_and_without_rekeys(
+    trioport_server, user_key, server_host_key, rekeys
+) -> None:
+    """64 MiB up and 64 MiB down through one channel, sha256 checked on the far side."""
+    config = None
+    options = {"LogLevel": "DEBUG1"}
+    if rekeys == "openssh-every-MiB":
+        options["RekeyLimit"] = "1M"
+    if rekeys == "trioport-every-MiB":
+        config = ConnectionConfig(
+            role=Role.SERVER, host_keys=[HostKey(server_host_key)], rekey_bytes=1024 * 1024
+        )
+    server = await trioport_server(config=config)
+    data = os.urandom(BULK)
+    with trio.fail_after(180):
+        result = await trio.run_process(
+            ssh_command(
+                server.port,
+                user_key.path,
+                f"sha256sum; head -c {BULK} /dev/zero",
+                options=options,
+            ),
+            stdin=data,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    head, _, tail = result.stdout.partition(b"  -\n")
+    assert head.decode() == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(tail).digest() == hashlib.sha256(bytes(BULK)).digest()
+    exchanges = result.stderr.count(b"SSH2_MSG_NEWKEYS received")
+    if rekeys == "none":
+        assert exchanges == 1
+    else:
+        assert exchanges >= 32  # 128 MiB with a 1 MiB limit on one side
 
 
 async def test_env_is_passed_when_accepted(trioport_server, user_key) -> None:
