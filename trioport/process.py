@@ -1,6 +1,6 @@
 """One trioport process: the selected services in one nursery, started in order.
 
-``run(config)`` starts auth, then proxy, then node, each with ``nursery.start`` so
+``run(config)`` starts auth, then node, then proxy, each with ``nursery.start`` so
 the next starts only once the previous listens (Teleport's "AuthTLSReady"). A
 service that crashes cancels the whole process: there is no half-running cluster.
 
@@ -102,8 +102,12 @@ async def run(
     """Run the enabled services until cancelled; ``started`` gets their addresses."""
     config = prepare(config)
     started: dict[str, Any] = {}
+    enabled = config.enabled_services()
+    # The node before the proxy: a host name belongs to one host, and a proxy that
+    # finds this machine already joined as a node joins as that same host.
+    order = [name for name in ("auth", "node", "proxy") if name in enabled]
     async with trio.open_nursery() as nursery:
-        for name in config.enabled_services():
+        for name in order:
             if name != "auth" and "auth" in started:
                 config = _with_local_auth(config, started["auth"])
             started[name] = await nursery.start(_service(name), config)
