@@ -74,6 +74,8 @@ def load(args: argparse.Namespace) -> Config:
 
 def _addr(started: Any) -> str:
     """The first address a service reported, as host:port."""
+    if hasattr(started, "web"):  # the proxy: its HTTPS address is what users need
+        started = started.web
     first = started[0] if isinstance(started, list | tuple) and started else started
     if isinstance(first, tuple) and len(first) >= 2:
         host, port = first[0], first[1]
@@ -87,14 +89,19 @@ def announce(config: Config, started: dict[str, Any]) -> None:
     """Tell the person who typed ``trioport run`` what is running and what to do next."""
     lines = [f"trioport {__version__}: cluster {config.cluster_name!r} is running."]
     for name, what in started.items():
-        lines.append(f"  {name:<5} {_addr(what)}")
-    lines.append(f"  state in {config.teleport.data_dir}")
+        if hasattr(what, "ssh"):
+            lines.append(f"  {name:<5} {_addr(what)} (HTTPS), {_addr(what.ssh)} (SSH)")
+        else:
+            lines.append(f"  {name:<5} {_addr(what)}")
+    data_dir = config.teleport.data_dir
+    lines.append(f"  state in {data_dir}")
+    tctl = "tctl" if data_dir == DEFAULT_DATA_DIR else f"tctl --data-dir={data_dir}"
     if "auth" in started:
         lines += [
             "",
             "Next:",
-            "  tctl users add alice --logins=root        # prints an invitation link",
-            "  tctl tokens add --type=node               # lets another machine join",
+            f"  {tctl} users add alice --logins=root    # prints an invitation link",
+            f"  {tctl} tokens add --type=node           # lets another machine join",
         ]
     if "proxy" in started:
         web = started["proxy"]
