@@ -103,14 +103,23 @@ async def run(
     config = prepare(config)
     started: dict[str, Any] = {}
     enabled = config.enabled_services()
+    ready = dict.fromkeys(enabled, False)
     # The node before the proxy: a host name belongs to one host, and a proxy that
     # finds this machine already joined as a node joins as that same host.
     order = [name for name in ("auth", "node", "proxy") if name in enabled]
     async with trio.open_nursery() as nursery:
+        diag = config.teleport.diag_addr
+        if diag is not None:
+            from .diag import serve_diag
+
+            started["diag"] = await nursery.start(
+                serve_diag, diag.host, diag.port, lambda: dict(ready)
+            )
         for name in order:
             if name != "auth" and "auth" in started:
                 config = _with_local_auth(config, started["auth"])
             started[name] = await nursery.start(_service(name), config)
+            ready[name] = True
             log.info("%s service ready: %s", name, started[name])
         task_status.started(started)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from .. import metrics
 from ..errors import DisconnectReason, TrioportError
 from ..sshproto import ConnectionConfig
 from ..sshproto import events as ev
@@ -104,6 +105,8 @@ async def handle(
 ) -> None:
     """Serve one SSH connection until it ends; never raises for a peer's misdeeds."""
     source = _peer_host(stream)
+    metrics.CONNECTIONS.inc()
+    metrics.OPEN_CONNECTIONS.inc()
     refusal = gate.admit(source) if gate is not None else None
     counted = gate is not None and refusal is None
     try:
@@ -138,6 +141,7 @@ async def handle(
         # A bug must not take the listener (and everyone else's sessions) down.
         log.exception("%s: connection crashed", source)
     finally:
+        metrics.OPEN_CONNECTIONS.dec()
         if gate is not None and counted:
             gate.release(source)
         await trio.aclose_forcefully(stream)

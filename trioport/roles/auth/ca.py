@@ -68,6 +68,7 @@ from trioport.sshproto.certs import (
 from trioport.sshproto.keys import DEFAULT_RSA_BITS, PrivateKey, PublicKey
 from trioport.store.backend import Backend, Item
 
+from ... import metrics
 from ._storage import decode, encode
 
 __all__ = [
@@ -286,6 +287,7 @@ class ClusterAuthorities:
         extensions: dict[str, str | None],
     ) -> Certificate:
         ca = self._cas[ca_type].key
+        metrics.CERTIFICATES.labels(kind=ca_type).inc()
         nonce = secrets.token_bytes(32)
         serial = secrets.randbits(63)
 

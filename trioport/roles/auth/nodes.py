@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import trio
 
+from trioport import metrics
 from trioport.errors import AccessDenied, AlreadyExists, NotFound, StoreError
 from trioport.resources import Node, from_dict, to_dict
 from trioport.sshproto.keys import PublicKey
@@ -317,6 +318,7 @@ class NodeRegistry:
         host_id = check_host_id(caller_host_id)
         if node.metadata.name != host_id:
             raise AccessDenied("a host may only report its own heartbeat")
+        metrics.HEARTBEATS.inc()
         try:
             identity = await self.get_identity(host_id)
         except NotFound:

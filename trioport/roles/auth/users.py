@@ -65,6 +65,7 @@ from trioport.resources import (
 )
 from trioport.store.backend import Backend, Item
 
+from ... import metrics
 from . import audit_log
 from ._storage import decode, encode, epoch, mutate, utc
 from .audit_log import AuditLog
@@ -551,7 +552,9 @@ class Users:
                 error=reason,
                 fields={"method": "local", **({"locked": True} if locked_now else {})},
             )
+            metrics.LOGINS.labels(result="failure").inc()
             raise AuthenticationFailed(LOGIN_FAILED)
+        metrics.LOGINS.labels(result="success").inc()
         assert user is not None
         await self.audit.emit(
             audit_log.USER_LOGIN,
