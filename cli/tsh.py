@@ -46,6 +46,7 @@ from trioport.sshproto.certs import EXT_ROLES
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
 from trioport.tls import client_context
 
+from . import _invite
 from ._common import fail, run_main
 
 #: ``tsh ssh`` exits with this when it cannot run the command at all (as OpenSSH's ssh).
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password and then the TOTP code from standard input, one per line",
     )
     p.set_defaults(run=_login)
+
+    _invite.add_parser(sub)  # tsh invite URL: finish an invite from the terminal
 
     p = sub.add_parser("logout", help="delete your key and certificate for the current cluster")
     p.set_defaults(run=_logout)
