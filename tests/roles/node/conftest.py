@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import pathlib
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -47,11 +48,14 @@ from trioport.sshproto.keys import PrivateKey
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 CLUSTER = "node-test.cluster"
 PASSWORD = "correct horse battery"
-#: Test OS accounts: one with a home and bash, one plain.
-ALICE_LOGIN = "tpnode-alice"
-BOB_LOGIN = "tpnode-bob"
+#: Test OS accounts, named after this test run's pid so that two runs on one
+#: machine never share (or delete) each other's: one with a home and bash, one plain.
+_RUN = os.getpid()
+ALICE_LOGIN = f"tpna{_RUN}"
+BOB_LOGIN = f"tpnb{_RUN}"
 #: A login no OS account has.
-GHOST_LOGIN = "tpnode-ghost"
+GHOST_LOGIN = f"tpng{_RUN}"
+_TEST_ACCOUNT = re.compile(r"tpn[abg]([0-9]+)")
 
 
 @dataclass
@@ -64,13 +68,20 @@ def _userdel(name: str) -> None:
     subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
+def _remove_leftovers() -> None:
+    """Remove test accounts of earlier runs whose process is gone."""
+    for entry in pwd.getpwall():
+        match = _TEST_ACCOUNT.fullmatch(entry.pw_name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            _userdel(entry.pw_name)
+
+
 @pytest.fixture(scope="session")
 def os_users() -> Iterator[OSUsers]:
-    for name in (ALICE_LOGIN, BOB_LOGIN, GHOST_LOGIN):
-        _userdel(name)
+    _remove_leftovers()
     for name, shell in ((ALICE_LOGIN, "/bin/bash"), (BOB_LOGIN, "/bin/sh")):
         try:
-            pwd.getpwnam(name)  # left over (a process of it still ran): use it
+            pwd.getpwnam(name)
         except KeyError:
             subprocess.run(["useradd", "-m", "-s", shell, name], check=True)
     try:

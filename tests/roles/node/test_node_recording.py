@@ -14,7 +14,16 @@ import trio
 
 from trioport.roles.node.recorder import parse_recording
 
-from .conftest import ALICE_LOGIN, Cluster, NodeHandle, UserFiles, run_ssh, ssh_argv, wait_for
+from .conftest import (
+    ALICE_LOGIN,
+    BOB_LOGIN,
+    Cluster,
+    NodeHandle,
+    UserFiles,
+    run_ssh,
+    ssh_argv,
+    wait_for,
+)
 
 
 async def _events(cluster: Cluster, name: str, **match: Any) -> list[dict[str, Any]]:
@@ -230,7 +239,7 @@ async def test_another_user_joins_a_session_and_shares_its_terminal(cluster: Clu
 
 async def test_joining_needs_the_session_login(cluster: Cluster) -> None:
     node, alice, _ = await _setup(cluster)
-    await cluster.add_user("mallory", ["tpnode-bob"])
+    await cluster.add_user("mallory", [BOB_LOGIN])
     mallory = await cluster.login("mallory")
     async with Terminal(ssh_argv(alice, node, ALICE_LOGIN, "-tt", "echo ready; read x")) as term:
         await term.expect(b"ready")
@@ -238,7 +247,7 @@ async def test_joining_needs_the_session_login(cluster: Cluster) -> None:
         argv = ssh_argv(
             mallory,
             node,
-            "tpnode-bob",
+            BOB_LOGIN,
             "-tt",
             options={"SetEnv": f"TRIOPORT_SESSION={start['sid']}"},
         )

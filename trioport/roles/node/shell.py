@@ -62,6 +62,8 @@ log = logging.getLogger("trioport.node.shell")
 
 #: Environment variables a client may set (with ``SendEnv`` / ``SetEnv``).
 ACCEPT_ENV = ("LANG", "LC_*", "TERM")
+#: Variables one session may set (OpenSSH's session_env_req ignores more than 128).
+MAX_ENV = 128
 #: The exit status of a session whose login has no OS account.
 NO_ACCOUNT_STATUS = 1
 #: The exit status when the shell cannot be started.
@@ -183,7 +185,7 @@ async def serve_session_channel(
                 join_sid = request.value
                 await chan.reply(req, True)
             else:
-                ok = _env_accepted(request.name)
+                ok = len(env) < MAX_ENV and _env_accepted(request.name)
                 if ok:
                     env[request.name] = request.value
                 await chan.reply(req, ok)
@@ -466,11 +468,11 @@ async def _join(node: NodeContext, chan: ChannelStream, joiner: Login, sid: str)
     if session.ended.is_set():
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             try:
-                if session.exit_signal is not None:
-                    await chan.request(ev.ExitSignal(name=session.exit_signal), want_reply=False)
-                else:
-                    status = session.exit_status if session.exit_status is not None else 0
-                    await chan.request(ev.ExitStatus(status=status), want_reply=False)
+                if session.exit_status is not None:
+                    await chan.request(ev.ExitStatus(status=session.exit_status), want_reply=False)
+                else:  # killed: by a signal, or because its owner's connection ended
+                    name = session.exit_signal or "HUP"
+                    await chan.request(ev.ExitSignal(name=name), want_reply=False)
                 await chan.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
