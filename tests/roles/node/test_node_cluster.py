@@ -222,3 +222,21 @@ async def test_agent_forwarding_only_when_roles_allow(cluster: Cluster) -> None:
     finally:
         agent.terminate()
         await agent.wait()
+
+
+async def test_the_node_presents_its_host_certificate(cluster: Cluster) -> None:
+    node = await cluster.start_node()
+    await cluster.add_user("alice", [ALICE_LOGIN])
+    alice = await cluster.login("alice")
+    host_id = (await cluster.wait_online(node))["host_id"]
+    for name in ("node1", f"node1.{CLUSTER}", host_id):
+        ok = await run_ssh(
+            ssh_argv(alice, node, ALICE_LOGIN, "echo in", options={"HostKeyAlias": name})
+        )
+        assert ok.stdout == b"in\n", (name, ok.stderr)
+    # A client expecting another host refuses it.
+    wrong = await run_ssh(
+        ssh_argv(alice, node, ALICE_LOGIN, "echo in", options={"HostKeyAlias": "node2"})
+    )
+    assert wrong.returncode == 255
+    assert b"Host key verification failed" in wrong.stderr
