@@ -379,6 +379,8 @@ class Driver:
     # --- channels ---------------------------------------------------------------------
 
     def _open(self, event: ev.ChannelOpen) -> None:
+        if len(self.kinds) >= self.conn.config.max_channels:
+            return  # our own limit: opening more is ours to refuse, not a finding
         self.kinds[event.channel] = event.kind
         self.send(event)
 

@@ -832,7 +832,8 @@ def main(names: list[str]) -> None:
         folder = CORPUS / name
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():
-            old.unlink()
+            if not old.name.startswith("fixed-"):  # inputs of fixed crashes stay
+                old.unlink()
         for seed_name, data in seeds.items():
             (folder / seed_name).write_bytes(data)
         print(f"{name}: {len(seeds)} seeds, {sum(map(len, seeds.values()))} bytes")
