@@ -1,0 +1,1 @@
+"""End to end: ``trioport run``, ``tctl`` and ``tsh`` as separate processes, as a user runs them."""
