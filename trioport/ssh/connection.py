@@ -685,7 +685,12 @@ async def open_ssh(
             # The connection's own tasks get a nursery of their own, so that when
             # the connection ends it cancels them, not the caller's block: the
             # block learns of the end from the errors its calls raise.
-            conn = await nursery.start(_run_connection, stream, config, handler, rng)
+            try:
+                conn = await nursery.start(_run_connection, stream, config, handler, rng)
+            except BaseException:
+                # Cancelled (or failed) before the connection took the stream over.
+                await trio.aclose_forcefully(stream)
+                raise
             try:
                 yield conn
             finally:
