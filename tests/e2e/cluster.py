@@ -1,10 +1,10 @@
 """A whole cluster as ``trioport run`` starts it, in a subprocess, and the tools around it.
 
-:func:`start` writes nothing; :func:`write_config` writes a configuration file with
-free loopback ports for the auth service, the node and both proxy ports (the way
-``docs/config.md`` describes them), and :func:`start` runs the installed
-``trioport run --config FILE`` console script and waits for its announcement
-(the lines ending in "Stop with Ctrl-C."). :meth:`Process.stop` sends SIGTERM and
+:func:`write_config` writes a configuration file with free loopback ports for the
+auth service, the node and both proxy ports (the keys ``docs/config.md``
+describes), and :func:`start` runs the installed ``trioport run --config FILE``
+console script and waits for its announcement (the lines ending in "Stop with
+Ctrl-C."). :meth:`Process.stop` sends SIGTERM (or SIGINT, as Ctrl-C does) and
 returns the exit status. ``tctl``, ``tsh`` and OpenSSH's ``ssh`` run as the real
 programs too (:func:`run`), each ``tsh`` with its own ``TSH_HOME``.
 
@@ -105,16 +105,16 @@ class Process:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then its exit status (killed, and a failure, if it hangs)."""
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``signum``, then its exit status (killed, and a failure, if it hangs)."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(signum)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-                raise AssertionError(f"trioport run ignored SIGTERM:\n{self.stderr}") from None
+                raise AssertionError(f"trioport run ignored {signum}:\n{self.stderr}") from None
         if self.popen.stdout is not None:
             self.popen.stdout.close()
         return self.popen.returncode
