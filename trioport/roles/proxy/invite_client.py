@@ -104,7 +104,7 @@ def parse_invite_url(url: str) -> InviteLink:
         web = parse_addr(parts.netloc, PROXY_WEB_PORT, default_host="")
     except ValueError as exc:
         raise ConfigError(f"the link's host: {exc}", key="URL") from None
-    if not web.host or "@" in parts.netloc:
+    if not web.host:
         raise ConfigError("the link has no usable host name", key="URL")
     kind: Literal["invite", "reset"] = "invite" if match.group(1) == "invite" else "reset"
     return InviteLink(web=web, token=match.group(2), kind=kind)
