@@ -13,7 +13,7 @@ input, one per line, for scripts and tests; the code line is read only after the
 secret has been printed, so the caller can compute it from that output.
 
 The HTTPS calls are :mod:`trioport.roles.proxy.invite_client`'s; this module only
-prompts and prints. ``docs/cli-tsh.md`` and ``docs/quickstart.md`` describe it.
+prompts and prints. ``docs/quickstart.md`` (step 3) describes it.
 """
 
 from __future__ import annotations
