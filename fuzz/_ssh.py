@@ -139,8 +139,14 @@ def victim_config(role: Role) -> ConnectionConfig:
 class Options:
     """What the two header bytes choose."""
 
+    #: 0: raw bytes from the start; 1-3: payloads after the kex/auth/channel prefix.
     stage: int = 0
+    #: Stages 1-3: also feed the sealed packets one byte at a time to a second,
+    #: identical pair, and require the same events and error. (Stage 0 always does
+    #: this for bodies up to BYTEWISE_LIMIT.)
     bytewise: bool = False
+    #: Which of AUTH_SCRIPTS the client runs; which cipher/MAC, host key and kex the
+    #: peer offers (it offers only those; the victim offers everything).
     auth_style: int = 0
     cipher: int = 0
     host_key: int = 0
@@ -643,6 +649,14 @@ def run(victim_role: Role, data: bytes) -> Outcome | None:
         if len(outcomes) == 2:
             _compare(*outcomes)
         return outcomes[0]
+    whole = _after_prefix(victim_role, opts, body, bytewise=False)
+    if opts.bytewise:
+        # The same packets again, one byte at a time, on a second identical pair.
+        _compare(whole, _after_prefix(victim_role, opts, body, bytewise=True))
+    return whole
+
+
+def _after_prefix(victim_role: Role, opts: Options, body: bytes, *, bytewise: bool) -> Outcome:
     pair = Pair(victim_role, opts)
     pair.pump()
     if pair.victim.closed:
@@ -652,5 +666,5 @@ def run(victim_role: Role, data: bytes) -> Outcome | None:
         assert timer is not None, "no rekey timer after the first exchange"
         pair.victim.handle_timer(timer)
     wire = pair.seal(split_payloads(body))
-    chunks = _bytewise(wire) if opts.bytewise else (wire,)
+    chunks = _bytewise(wire) if bytewise else (wire,)
     return feed(pair.victim, pair.victim_driver, chunks, len(wire))
