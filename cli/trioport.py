@@ -51,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_file(args: argparse.Namespace) -> str | None:
+    """The configuration file in use: ``--config``, else /etc/trioport.yaml if present."""
+    if args.config is not None:
+        return args.config
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+
+
 def load(args: argparse.Namespace) -> Config:
     """The file (if any), then the flags over it."""
-    path = args.config
-    if path is None and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
+    path = config_file(args)
     config = load_config(path) if path else Config.default(default_data_dir())
     data_dir = args.data_dir
     if data_dir is None and path is None:
@@ -80,12 +85,12 @@ def _addr(started: Any) -> str:
     if isinstance(first, tuple) and len(first) >= 2:
         host, port = first[0], first[1]
         if host in ("0.0.0.0", "::", ""):  # noqa: S104
-            host = "localhost"
+            host = "127.0.0.1"
         return f"{host}:{port}"
     return str(first)
 
 
-def announce(config: Config, started: dict[str, Any]) -> None:
+def announce(config: Config, started: dict[str, Any], config_path: str | None = None) -> None:
     """Tell the person who typed ``trioport run`` what is running and what to do next."""
     lines = [f"trioport {__version__}: cluster {config.cluster_name!r} is running."]
     for name, what in started.items():
@@ -95,7 +100,12 @@ def announce(config: Config, started: dict[str, Any]) -> None:
             lines.append(f"  {name:<5} {_addr(what)}")
     data_dir = config.teleport.data_dir
     lines.append(f"  state in {data_dir}")
-    tctl = "tctl" if data_dir == DEFAULT_DATA_DIR else f"tctl --data-dir={data_dir}"
+    if config_path is not None:
+        tctl = f"tctl --config={config_path}"
+    elif data_dir != DEFAULT_DATA_DIR:
+        tctl = f"tctl --data-dir={data_dir}"
+    else:
+        tctl = "tctl"
     if "auth" in started:
         lines += [
             "",
@@ -123,9 +133,10 @@ def _main(argv: list[str] | None) -> int:
         stream=sys.stderr,
     )
     config = load(args)
+    path = config_file(args)
     from trioport.process import serve_until_signalled
 
-    trio.run(serve_until_signalled, config, announce)
+    trio.run(serve_until_signalled, config, lambda c, s: announce(c, s, path))
     return 0
 
 

@@ -262,6 +262,10 @@ class ClusterAuthorities:
         for address in addresses:
             if address not in principals:
                 principals.append(address)
+        if ServiceRole(role) is ServiceRole.PROXY and "localhost" not in principals:
+            # A proxy is the way in, and on its own machine people dial it as
+            # localhost (OpenSSH then checks that name). Nodes never get it.
+            principals.append("localhost")
         start = int(now)
         return await self._sign(
             "host",
