@@ -81,26 +81,8 @@ class KnownBug:
 #: Bugs found and not yet fixed in the library (see the module docstring).
 KNOWN_BUGS: tuple[KnownBug, ...] = (
     # Fixed and kept as seeds in corpus/<target>/fixed-*: authfiles marker_without_hosts
-    # and tunnel_superscript_digit, keyfiles pkcs8_scrypt_unallocatable and
-    # pkcs8_pbkdf2_2e31_iterations.
-    KnownBug(
-        target="keyfiles",
-        crash="rsa_negative_iqmp",
-        exception=OverflowError,
-        where="keyfiles.py:_rsa_from",
-        reason="an RSA private key whose iqmp mpint is negative: _rsa_from checks e, d, p"
-        " and q but not iqmp, and cryptography's private_key() raises OverflowError,"
-        " which decode_private_key (and load_private_key) let escape",
-    ),
-    KnownBug(
-        target="agent",
-        crash="add_rsa_negative_iqmp",
-        exception=OverflowError,
-        where="keyfiles.py:_rsa_from",
-        reason="ADD_IDENTITY carrying an RSA key with a negative iqmp: AgentState.handle"
-        " raises OverflowError (it must answer FAILURE), so one agent client can kill"
-        " the connection's handler",
-    ),
+    # and tunnel_superscript_digit; keyfiles pkcs8_scrypt_unallocatable,
+    # pkcs8_pbkdf2_2e31_iterations and rsa_negative_iqmp; agent add_rsa_negative_iqmp.
 )
 
 

@@ -170,7 +170,13 @@ def _rsa_from(n: int, e: int, d: int, iqmp: int, p: int, q: int) -> rsa.RSAPriva
         )
     if bits > MAX_RSA_BITS:
         raise DecodeError(f"RSA key of {bits} bits is larger than the {MAX_RSA_BITS}-bit maximum")
-    for value, what in ((e, "exponent"), (d, "exponent d"), (p, "prime p"), (q, "prime q")):
+    for value, what in (
+        (e, "exponent"),
+        (d, "exponent d"),
+        (p, "prime p"),
+        (q, "prime q"),
+        (iqmp, "iqmp"),
+    ):
         _positive(value, what)
     if p * q != n or p < 3 or q < 3:
         raise DecodeError("RSA private key primes do not match its modulus")
@@ -185,7 +191,7 @@ def _rsa_from(n: int, e: int, d: int, iqmp: int, p: int, q: int) -> rsa.RSAPriva
             public_numbers=rsa.RSAPublicNumbers(e, n),
         )
         return numbers.private_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, OverflowError, UnsupportedAlgorithm) as exc:
         raise DecodeError(f"inconsistent RSA private key: {exc}") from None
 
 
