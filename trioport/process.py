@@ -12,6 +12,7 @@ cluster and a restart finds the same one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -97,9 +98,15 @@ def _with_local_auth(config: Config, addresses: list[tuple[str, int]]) -> Config
 async def run(
     config: Config,
     *,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the enabled services until cancelled; ``started`` gets their addresses."""
+    """Run the enabled services until cancelled; ``started`` gets their addresses.
+
+    With ``stop``, setting it lets the node stop gracefully (refuse new logins, give
+    running sessions their grace time, then disconnect them with a reason); ``run``
+    returns once the node has stopped, cancelling the other services.
+    """
     config = prepare(config)
     started: dict[str, Any] = {}
     enabled = config.enabled_services()
@@ -115,25 +122,60 @@ async def run(
             started["diag"] = await nursery.start(
                 serve_diag, diag.host, diag.port, lambda: dict(ready)
             )
+        node_stopped = trio.Event()
         for name in order:
             if name != "auth" and "auth" in started:
                 config = _with_local_auth(config, started["auth"])
-            started[name] = await nursery.start(_service(name), config)
+            service = _service(name)
+            if name == "node" and stop is not None:
+                service = functools.partial(_run_then_signal, service, node_stopped, stop=stop)
+            started[name] = await nursery.start(service, config)
             ready[name] = True
             log.info("%s service ready: %s", name, started[name])
         task_status.started(started)
+        if stop is not None:
+            await stop.wait()
+            if "node" in started:
+                await node_stopped.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _run_then_signal(
+    service: Service,
+    done: trio.Event,
+    config: Config,
+    *,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await service(config, stop=stop, task_status=task_status)
+    finally:
+        done.set()
 
 
 async def serve_until_signalled(
     config: Config, on_started: Callable[[Config, dict[str, Any]], None] | None = None
 ) -> None:
-    """Run until SIGINT or SIGTERM, then stop every service cleanly."""
+    """Run until SIGINT or SIGTERM, then stop: gracefully first, at once on a second signal."""
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            started = await nursery.start(run, config)
-            if on_started is not None:
-                on_started(config, started)
-            async for signum in signals:
-                log.info("%s: stopping", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+        async with trio.open_nursery() as outer:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not stop.is_set():
+                        log.info("%s: stopping (send it again to stop at once)", name)
+                        stop.set()
+                    else:
+                        log.info("%s: stopping now", name)
+                        outer.cancel_scope.cancel()
+
+            outer.start_soon(watch_signals)
+            async with trio.open_nursery() as services:
+                started = await services.start(functools.partial(run, config, stop=stop))
+                if on_started is not None:
+                    on_started(config, started)
+            # run() has returned: the graceful stop is over.
+            outer.cancel_scope.cancel()
