@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 
+from trioport import metrics
 from trioport.roles.auth import audit_log
 from trioport.ssh import ChannelStream, SSHConnection
 from trioport.ssh.agent import session_agent_forwarding
@@ -332,6 +333,7 @@ async def run_session(
     if "SSH_AUTH_SOCK" in env:
         start_fields["agent_forwarding"] = True
     node.reporter.emit(audit_log.SESSION_START, **_audit(login, session, node), **start_fields)
+    metrics.SESSIONS.inc()
     full_env = {**policy.environment, **env, "SSH_SESSION_ID": sid}
     wrapped = SessionChannel(chan, session, merge_input=interactive)
     try:
