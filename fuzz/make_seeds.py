@@ -309,6 +309,7 @@ def _transport(role: Role) -> dict[str, bytes]:
         plain = seeds[f"{STAGES[stage]}_continue_0"]
         header = Options(stage=stage, rekey=True).header()
         seeds[f"{STAGES[stage]}_timer_fires_first"] = header + plain[2:]
+    seeds.update(_mlkem_session(role))
     if role is Role.CLIENT:
         seeds.update(_untrusted_servers())
         seeds["start_1025_lines_first"] = b"\0\0" + b"\r\n" * 1025 + b"SSH-2.0-x\r\n"
@@ -358,6 +359,24 @@ def _auth_seeds(role: Role) -> dict[str, bytes]:
         [password("no"), bytes(userauth("bob", "ssh-connection", "none"))]
     )
     return seeds
+
+
+def _mlkem_session(role: Role) -> dict[str, bytes]:
+    """A whole session over mlkem768x25519-sha256, which the prefixes never use.
+
+    The client's ML-KEM key comes from its RNG, so a recorded server replays
+    against a client victim to the end; the server's encapsulation draws from the
+    OS, so against a server victim only the key exchange messages replay.
+    """
+    peer_role = Role.SERVER if role is Role.CLIENT else Role.CLIENT
+    pair = Pair(role, Options(stage=3))
+    config = replace(peer_config(peer_role, Options()), kex_algorithms=("mlkem768x25519-sha256",))
+    pair.peer = Connection(config, rng=make_rng("peer"), now=0.0)
+    pair.peer_driver = Driver(pair.peer)
+    pair.pump()
+    _kick(pair, "channel")
+    name = "start_session_mlkem" if role is Role.CLIENT else "start_mlkem_kex"
+    return {name: Options().header() + bytes(pair.peer_bytes)}
 
 
 def _untrusted_servers() -> dict[str, bytes]:
