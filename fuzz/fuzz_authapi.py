@@ -271,8 +271,19 @@ class _Caught(logging.Handler):
 _CAUGHT_HANDLER = _Caught()
 _CAUGHT = _CAUGHT_HANDLER.causes
 _API_LOG = logging.getLogger("trioport.auth.api")
-_API_LOG.addHandler(_CAUGHT_HANDLER)
-_API_LOG.propagate = False  # a 500's traceback is in the crash report, not on stderr
+
+
+@contextlib.contextmanager
+def _catching_api_errors() -> Iterator[None]:
+    """While one input runs: record the API's failures, keep them off stderr."""
+    _API_LOG.addHandler(_CAUGHT_HANDLER)
+    propagate, _API_LOG.propagate = _API_LOG.propagate, False
+    try:
+        yield
+    finally:
+        _API_LOG.removeHandler(_CAUGHT_HANDLER)
+        _API_LOG.propagate = propagate
+
 
 WORLD = _World()
 
@@ -392,7 +403,9 @@ def check(data: bytes) -> None:
     if not data:
         return
     assert WORLD.token is not None
-    for status, body in trio.from_thread.run(_one, data, trio_token=WORLD.token):
+    with _catching_api_errors():
+        responses = trio.from_thread.run(_one, data, trio_token=WORLD.token)
+    for status, body in responses:
         _check_response(status, body, list(_CAUGHT))
 
 
