@@ -59,20 +59,24 @@ def _params(target: str) -> list[object]:
     return params
 
 
-@pytest.mark.parametrize(
-    ("target", "crash", "data"), _params("fuzz_resources") + _params("fuzz_authapi")
-)
-def test_recorded_input_still_fails(target: str, crash: str, data: bytes) -> None:
+def _all_params() -> list[object]:
+    found = _params("fuzz_resources") + _params("fuzz_authapi")
+    # With every bug fixed, one case checks the registries really are empty (a
+    # parametrization with no cases would be reported as skipped).
+    return found or [pytest.param(None, None, None, id="no-known-bugs")]
+
+
+@pytest.mark.parametrize(("target", "crash", "data"), _all_params())
+def test_recorded_input_still_fails(target: str | None, crash: str, data: bytes) -> None:
+    if target is None:
+        assert not _load("fuzz_resources").KNOWN_BUGS
+        assert not _load("fuzz_authapi").KNOWN_BUGS
+        return
     module = _load(target)
     assert (module.CORPUS / module.NAME / crash).read_bytes() == data
     module.check(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AuditLog.search probes one file per day of the asked range, so"
-    " GET /v1/events?since=<year 1> runs for minutes (fuzz_authapi bug-events-since-year-1)",
-)
 async def test_a_long_search_probes_only_the_files_that_exist(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1125,7 +1125,11 @@ def yaml_documents(text: str, source: str | None = None) -> list[tuple[Any, dict
     Raises:
         ConfigError: a syntax error, a duplicate key or an alias bomb, with its line.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks for unprintable characters as it is built.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", path=source) from None
     docs: list[tuple[Any, dict[Path, int]]] = []
     try:
         while loader.check_node():
@@ -1144,6 +1148,12 @@ def yaml_documents(text: str, source: str | None = None) -> list[tuple[Any, dict
         raise ConfigError(f"invalid YAML: {exc}", path=source) from None
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", path=source) from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        # PyYAML's safe constructors raise these, not YAMLError, for a malformed
+        # scalar such as the implicit timestamp 2001-13-45.
+        raise ConfigError(
+            f"invalid YAML value: {type(exc).__name__}: {str(exc)[:80]}", path=source
+        ) from None
     finally:
         loader.dispose()
     return docs

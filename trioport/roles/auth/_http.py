@@ -213,16 +213,24 @@ def time_arg(text: str | None, name: str, default: float) -> float:
     if text is None:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise bad_request(f"{name}: expected epoch seconds or an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise bad_request(f"{name}: expected epoch seconds or an ISO 8601 time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        value = moment.timestamp()
+    # From 1970 to the end of year 9999: a time the audit log can have, and nothing
+    # (inf, nan, year 1) that would make a search overflow or walk millennia.
+    if not 0.0 <= value <= MAX_TIME:
+        raise bad_request(f"{name}: expected a time between 1970 and 9999")
+    return value
+
+
+#: The last second of year 9999, the largest time a query argument may name.
+MAX_TIME = 253402300799.0
 
 
 # --- rate limiting ---------------------------------------------------------------------
