@@ -96,4 +96,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("agent", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "agent")
+    main(TestOneInput, "agent", instrument=("trioport",))

@@ -102,4 +102,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("authfiles", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "authfiles")
+    main(TestOneInput, "authfiles", instrument=("trioport", "ipaddress"))

@@ -93,4 +93,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("certs", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "certs")
+    main(TestOneInput, "certs", instrument=("trioport",))

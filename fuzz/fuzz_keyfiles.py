@@ -72,4 +72,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("keyfiles", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "keyfiles")
+    main(TestOneInput, "keyfiles", instrument=("trioport",))

@@ -68,4 +68,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("keys", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "keys")
+    main(TestOneInput, "keys", instrument=("trioport",))

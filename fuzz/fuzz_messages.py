@@ -73,4 +73,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("messages", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "messages")
+    main(TestOneInput, "messages", instrument=("trioport",))

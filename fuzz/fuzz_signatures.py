@@ -104,4 +104,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("signatures", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "signatures")
+    main(TestOneInput, "signatures", instrument=("trioport",))

@@ -24,4 +24,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("transport_client", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "transport_client")
+    main(TestOneInput, "transport_client", instrument=("trioport",))

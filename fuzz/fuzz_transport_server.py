@@ -24,4 +24,4 @@ def check(data: bytes) -> None:
 TestOneInput = tolerate_known_bugs("transport_server", check)
 
 if __name__ == "__main__":
-    main(TestOneInput, "transport_server")
+    main(TestOneInput, "transport_server", instrument=("trioport",))

@@ -30,4 +30,4 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    main(TestOneInput, "wire")
+    main(TestOneInput, "wire", instrument=("trioport",))
