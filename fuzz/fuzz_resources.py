@@ -415,4 +415,4 @@ if __name__ == "__main__":
         write_seeds()
     else:
         SLOWDOWN = 20.0  # atheris's instrumentation makes PyYAML about ten times slower
-        main(TestOneInput, NAME)
+        main(TestOneInput, NAME, instrument=("trioport", "yaml"))
