@@ -47,6 +47,9 @@ log = logging.getLogger("trioport.ssh")
 #: Seconds we wait for our DISCONNECT to reach a peer before closing the socket.
 DISCONNECT_GRACE = 2.0
 
+#: Seconds we keep reading (and discarding) after a protocol error's DISCONNECT.
+LINGER = 1.0
+
 #: Bytes asked of the transport per read; large enough for a batch of packets.
 RECEIVE_SIZE = 256 * 1024
 
@@ -266,6 +269,22 @@ class SSHConnection:
                     )
                 )
             self._nursery.cancel_scope.cancel()
+
+    async def _linger(self) -> None:
+        """Half-close, then drain what the peer still sends, briefly.
+
+        Closing a socket with unread bytes makes the kernel send a reset, which can
+        overtake our DISCONNECT: the peer would see "connection reset" instead of
+        the reason. A lingering close lets the reason arrive first.
+        """
+        with trio.move_on_after(LINGER):
+            try:
+                if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                    await self.stream.send_eof()
+                while await self.stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     def _mark_broken(self, exc: BaseException) -> None:
         if self.error is not None:
@@ -650,6 +669,9 @@ class SSHConnection:
             with trio.move_on_after(2):
                 await self._safe_flush()
             self._mark_broken(ConnectionClosedError(description, code))
+        elif isinstance(self.error, ProtocolError):
+            # We ended it over a protocol error: let our DISCONNECT arrive first.
+            await self._linger()
         await trio.aclose_forcefully(self.stream)
         self._nursery.cancel_scope.cancel()
 
