@@ -301,7 +301,7 @@ async def serve_http(
         if request is None:
             return
         response = await handle(*request)
-        await _send_response(conn, stream, response)
+        await _send_response(conn, stream, response, head=request[0] == "HEAD")
         if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
             return
         conn.start_next_cycle()
@@ -348,7 +348,12 @@ async def _read_request(
 
 
 async def _send_response(
-    conn: h11.Connection, stream: trio.abc.SendStream, response: Response, *, close: bool = False
+    conn: h11.Connection,
+    stream: trio.abc.SendStream,
+    response: Response,
+    *,
+    close: bool = False,
+    head: bool = False,
 ) -> None:
     headers = [
         ("content-type", response.content_type),
@@ -359,7 +364,7 @@ async def _send_response(
     if close:
         headers.append(("connection", "close"))
     out = conn.send(h11.Response(status_code=response.status, headers=headers))
-    if response.body:
+    if response.body and not head:  # a HEAD response has headers only (RFC 9110 §9.3.2)
         out += conn.send(h11.Data(data=response.body))
     out += conn.send(h11.EndOfMessage())
     await stream.send_all(out)
