@@ -535,6 +535,44 @@ def _ms(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
 
 
+def _find(rows: list[Row], operation: str, view: str, backend: str) -> Row | None:
+    for row in rows:
+        if row.operation.startswith(operation) and row.view == view and row.backend == backend:
+            if not row.error and row.count:
+                return row
+    return None
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    """Ratios between rows of this run (computed, not checked against anything)."""
+    floor = _find(rows, "bcrypt", "one thread", "—")
+    lines: list[str] = []
+    for backend in ("sqlite", "etcd"):
+        login = _find(rows, "user certificate (login", "SSH API", backend)
+        if floor and login and login.auth_cpu is not None and floor.auth_cpu is not None:
+            bcrypt_ms = floor.auth_cpu / floor.count * 1000
+            login_ms = login.auth_cpu / login.count * 1000
+            lines.append(
+                f"- {backend}: logins over SSH ran at {login.rate / floor.rate:.2f}x the"
+                f" one-thread bcrypt floor; of the auth service's {login_ms:.0f} ms of CPU per"
+                f" login, bcrypt is {bcrypt_ms:.0f} ms and everything else (SSH, HTTP, TOTP,"
+                f" store, signing, audit) {login_ms - bcrypt_ms:.1f} ms."
+            )
+        ssh = _find(rows, "heartbeat", "SSH API", backend)
+        local = _find(rows, "heartbeat", "in-process", backend)
+        if ssh and local and ssh.auth_cpu is not None and local.auth_cpu is not None:
+            lines.append(
+                f"- {backend}: a heartbeat costs the auth service"
+                f" {ssh.auth_cpu / ssh.count * 1000:.1f} ms of CPU over SSH and"
+                f" {local.auth_cpu / local.count * 1000:.1f} ms in-process (load generator"
+                f" included); over SSH it absorbed {ssh.rate / local.rate:.2f}x the"
+                " in-process rate."
+            )
+    if not lines:
+        return []
+    return ["", "## Notes", "", *lines]
+
+
 def render(rows: list[Row], machine: dict[str, str], info: dict[str, str]) -> str:
     out = ["# trioport auth service benchmark results", ""]
     out.append(info["summary"])
@@ -564,6 +602,7 @@ def render(rows: list[Row], machine: dict[str, str], info: dict[str, str]) -> st
             f" | {_ms(row.latencies, 0.9)} | {row.per_op_ms(row.auth_cpu)}"
             f" | {row.per_op_ms(row.etcd_cpu)} | {row.per_op_ms(row.client_cpu)} |"
         )
+    out += _notes(rows)
     errors = [row for row in rows if row.error]
     if errors:
         out += ["", "## Errors", ""]
