@@ -408,6 +408,10 @@ def check(data: bytes) -> None:
     """The invariant, for one input: only 2xx and 4xx, with the error shape."""
     if not data:
         return
+    # Our response splitter reads bodies by Content-Length, which a response to HEAD
+    # declares without sending: keep the method out (length-preserving), so the
+    # splitter stays simple. HEAD itself is covered by tests/roles/auth/test_api.py.
+    data = data.replace(b"HEAD", b"GETT")
     assert WORLD.token is not None
     with _catching_api_errors():
         responses = trio.from_thread.run(_one, data, trio_token=WORLD.token)

@@ -593,3 +593,14 @@ async def test_unreadable_or_oversized_requests_end_the_channel(api: AuthAPI) ->
     out = await serve_raw(api, host(IdentityKind.NODE), big)
     assert out.startswith(b"HTTP/1.1 413 ")
     assert b'"too_large"' in out
+
+
+async def test_head_gets_headers_only_and_the_channel_goes_on(api: AuthAPI) -> None:
+    # Found by fuzz/fuzz_authapi.py: a body sent for HEAD made h11 kill the channel.
+    head = b"HEAD /v1/whoami HTTP/1.1\r\nHost: auth\r\n\r\n"
+    get = b"GET /v1/whoami HTTP/1.1\r\nHost: auth\r\n\r\n"
+    out = await serve_raw(api, ADMIN, head + get)
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 405 ")  # whoami is GET only; the answer has no body
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert b'"kind": "admin"' in rest
