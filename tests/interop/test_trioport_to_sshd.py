@@ -14,32 +14,10 @@ from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
 from trioport.sshproto.keys import PrivateKey
 
+from .test_ssh_to_trioport import CIPHER_MAC_PAIRS, KEXES
+
 pytestmark = pytest.mark.interop
 
-KEXES = [
-    "curve25519-sha256",
-    "curve25519-sha256@libssh.org",
-    "ecdh-sha2-nistp256",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp521",
-]
-CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-]
-MACS = [
-    "hmac-sha2-256-etm@openssh.com",
-    "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256",
-    "hmac-sha2-512",
-]
-CIPHER_MAC_PAIRS = [(c, MACS[0]) for c in CIPHERS if "gcm" in c or "chacha" in c] + [
-    (c, m) for c in CIPHERS if c.endswith("-ctr") for m in MACS
-]
 HOST_KEY_ALGORITHMS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256"]
 
 
