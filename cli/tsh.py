@@ -46,7 +46,7 @@ from trioport.sshproto.certs import EXT_ROLES
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
 from trioport.tls import client_context
 
-from . import _invite
+from . import _invite, _sessions
 from ._common import fail, run_main
 
 #: ``tsh ssh`` exits with this when it cannot run the command at all (as OpenSSH's ssh).
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_login)
 
     _invite.add_parser(sub)  # tsh invite URL: finish an invite from the terminal
+    _sessions.add_parsers(sub)  # tsh sessions / join / play
 
     p = sub.add_parser("logout", help="delete your key and certificate for the current cluster")
     p.set_defaults(run=_logout)
