@@ -1,0 +1,1 @@
+"""The proxy's web UI: browser sessions, its JSON API, the terminal websocket, static files."""
