@@ -152,3 +152,25 @@ async def test_rekey_in_the_middle_of_a_transfer() -> None:
         # A round trip makes sure the client has seen the server's NEWKEYS too.
         await client.global_request(ev.KeepAlive())
         assert client.rekeys == 2 and server.rekeys == 2
+
+
+async def test_receive_chunks_takes_every_queued_packet_and_reopens_the_window() -> None:
+    data = bytes(range(256)) * 2048  # 512 KiB through a 64 KiB window, 4 KiB packets
+    async with connected_pair(window_size=65536, max_packet=4096) as (client, _server, handler):
+        chan, peer = await channel_pair(client, handler)
+        got = bytearray()
+        bursts = []
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                await chan.send_all(data)
+                await chan.send_eof()
+
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            while chunks := await peer.receive_chunks():
+                bursts.append(len(chunks))
+                got += b"".join(chunks)
+        assert got == data
+        assert max(bursts) > 1  # a burst of packets came back in one call
+        assert await peer.receive_chunks() == []  # still end of file

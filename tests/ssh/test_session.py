@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import trio
@@ -57,3 +58,28 @@ async def test_a_killed_command_reports_its_signal() -> None:
     result = await run_as(SessionPolicy(), "kill -TERM $$")
     assert result.exit_status is None
     assert result.exit_signal is not None and result.exit_signal.name == "TERM"
+
+
+async def test_megabytes_of_stdin_reach_a_slow_command_intact() -> None:
+    data = os.urandom(6 * 1024 * 1024 + 123)
+    result = await run_as_with_input(data, "sleep 0.3; sha256sum")
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_command_that_stops_reading_does_not_wedge_the_session() -> None:
+    result = await run_as_with_input(
+        os.urandom(4 * 1024 * 1024), "head -c 10 >/dev/null; echo done"
+    )
+    assert (result.exit_status, result.stdout) == (0, b"done\n")
+
+
+async def run_as_with_input(data: bytes, command: str):
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server_cfg = ConnectionConfig(role=Role.SERVER, host_keys=[HostKey(HOST_KEY)])
+    with trio.fail_after(60):
+        async with (
+            open_ssh(server_stream, server_cfg, Sessions(SessionPolicy())),
+            open_ssh(client_stream, ConnectionConfig(role=Role.CLIENT)) as client,
+        ):
+            await authenticate(client, "alice", signers=[USER_KEY])
+            return await client.run(command, input=data)

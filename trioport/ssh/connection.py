@@ -625,9 +625,16 @@ class SSHConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read, chan, out)
                 nursery.start_soon(read, chan.stderr, err)
-                if input:
-                    await chan.send_all(input)
-                await chan.send_eof()
+                try:
+                    if input:
+                        await chan.send_all(input)
+                    await chan.send_eof()
+                except trio.BrokenResourceError:
+                    # The command ended without reading all its input (``head``):
+                    # the rest is dropped, as OpenSSH's client does. A dead
+                    # connection still raises.
+                    if chan._broken is not None or not chan._closed_by_peer:
+                        raise
             await chan.wait_closed()
         return CompletedCommand(chan.exit_status, bytes(out), bytes(err), chan.exit_signal)
 

@@ -212,6 +212,45 @@ async def _signals(chan: ChannelStream, process: trio.Process, pty_fd: int | Non
             await chan.reply(req, False)
 
 
+#: Bytes asked of the kernel per pipe: Linux's default pipe holds 64 KiB, so a
+#: bulk transfer into ``cat`` wakes both sides every two packets. A wider pipe
+#: (the unprivileged maximum, ``/proc/sys/fs/pipe-max-size``, is 1 MiB by
+#: default) lets each side move more per wakeup, as sshd's larger buffers do.
+PIPE_SIZE = 1 << 20
+PIPE_READ_SIZE = 256 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _widen_pipe(fd: int) -> None:
+    """Ask for a :data:`PIPE_SIZE` pipe buffer; a refusal leaves the default."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
+
+
+async def _writev_all(fd: int, chunks: list[bytes]) -> None:
+    """Write ``chunks`` to the non-blocking ``fd`` with as few ``writev`` calls as it takes.
+
+    Raises:
+        BrokenPipeError: the reader is gone.
+    """
+    views = [memoryview(c) for c in chunks]
+    while views:
+        try:
+            written = os.writev(fd, views[:1024])  # IOV_MAX is 1024 on Linux
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
+    await trio.lowlevel.checkpoint()
+
+
 async def _run_piped(chan: ChannelStream, argv: list[str], kwargs: dict) -> int:
     process = await trio.lowlevel.open_process(
         argv,
@@ -223,18 +262,22 @@ async def _run_piped(chan: ChannelStream, argv: list[str], kwargs: dict) -> int:
     )
     assert process.stdin and process.stdout and process.stderr
 
+    for pipe in (process.stdin, process.stdout):
+        _widen_pipe(pipe.fileno())
+
     async def feed_stdin() -> None:
+        fd = process.stdin.fileno()
         try:
-            while data := await chan.receive_some():
-                await process.stdin.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            while chunks := await chan.receive_chunks():
+                await _writev_all(fd, chunks)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError):
             pass
         finally:
             await trio.aclose_forcefully(process.stdin)
 
     async def pump(source: trio.abc.ReceiveStream, stream: int | None) -> None:
         try:
-            while data := await source.receive_some(32768):
+            while data := await source.receive_some(PIPE_READ_SIZE):
                 if stream is None:
                     await chan.send_all(data)
                 else:
