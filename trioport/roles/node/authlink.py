@@ -18,12 +18,21 @@ sessions that are already running never wait for the auth service.
 Backoff: attempt ``n`` (from 0) waits ``d/2 + uniform(0, d/2)`` seconds with
 ``d = min(max_delay, base * 2**n)`` ("equal jitter"), so nodes that lost the same
 auth server do not all come back in the same instant, and none spins.
+
+Failover: with several auth servers (``teleport.auth_servers``, all sharing one
+etcd), a lost connection is made again to the *next* server after the first,
+short delay, so a node whose auth server died is back within about a second and
+no caller notices more than a slow request. While no server answers the link
+reports itself to the process's :class:`~trioport.diag.Health` (``/readyz`` says
+"auth unreachable since ..."), from the moment the last connection was lost, and
+clears it as soon as one answers again.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -36,6 +45,7 @@ from trioport.authclient import (
     connect_auth,
 )
 from trioport.config import Address
+from trioport.diag import Health, process_health
 from trioport.errors import TrioportError
 from trioport.ssh import keepalive
 
@@ -75,6 +85,8 @@ class AuthLink:
         backoff_max: the longest reconnect delay.
         keepalive_interval: seconds between keepalives on the connection.
         rng: randomness for the jitter (tests pass a seeded one).
+        health: where to report an outage (default: the process's).
+        component: the name it reports under.
     """
 
     def __init__(
@@ -87,6 +99,8 @@ class AuthLink:
         backoff_max: float = BACKOFF_MAX,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         rng: random.Random | None = None,
+        health: Health | None = None,
+        component: str = "node: auth",
     ) -> None:
         if not servers:
             raise ValueError("at least one auth server address is needed")
@@ -104,6 +118,10 @@ class AuthLink:
         self.connections = 0
         #: Why the last attempt failed, for logs and status pages.
         self.last_error: str | None = None
+        self.health = health or process_health()
+        self.component = component
+        #: When the last connection was lost (None while connected or before the first).
+        self.lost_since: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -124,39 +142,54 @@ class AuthLink:
         task_status.started()
         attempt = 0
         index = 0
-        while True:
-            where = self.servers[index % len(self.servers)]
-            try:
-                async with connect_auth(
-                    where, self.identity, connect_timeout=self.connect_timeout
-                ) as client:
+        try:
+            while True:
+                where = self.servers[index % len(self.servers)]
+                try:
+                    await self._connect_and_hold(where)
                     attempt = 0
-                    self.connections += 1
-                    self.last_error = None
-                    log.info("connected to the auth service at %s", client.address)
-                    with trio.CancelScope() as scope:
-                        self._scope = scope
-                        self._set(client)
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(keepalive, client.conn, self.keepalive_interval, 2)
-                            await client.conn.wait_closed()
-                            nursery.cancel_scope.cancel()
+                except (TrioportError, OSError, trio.BrokenResourceError) as exc:
+                    self.last_error = str(exc)
+                    log.warning("auth service at %s: %s", where, exc)
+                    if self.lost_since is None:
+                        self.lost_since = time.time()
+                    self.health.unreachable(
+                        self.component, "auth", self.last_error, since=self.lost_since
+                    )
+                finally:
                     self._scope = None
-                    self._set(None)
-                    log.warning("lost the connection to the auth service at %s", client.address)
-            except (TrioportError, OSError, trio.BrokenResourceError) as exc:
-                self.last_error = str(exc)
-                log.warning("auth service at %s: %s", where, exc)
-            finally:
-                self._scope = None
-                if self._client is not None:
-                    self._set(None)
-            index += 1
-            delay = backoff_delay(
-                attempt, base=self.backoff_base, max_delay=self.backoff_max, rng=self.rng
-            )
-            attempt += 1
-            await trio.sleep(delay)
+                    if self._client is not None:
+                        self._set(None)
+                index += 1
+                delay = backoff_delay(
+                    attempt, base=self.backoff_base, max_delay=self.backoff_max, rng=self.rng
+                )
+                attempt += 1
+                await trio.sleep(delay)
+        finally:
+            self.health.ok(self.component)
+
+    async def _connect_and_hold(self, where: str | Address) -> None:
+        """Connect to ``where`` and serve callers on it until the connection ends."""
+        async with connect_auth(
+            where, self.identity, connect_timeout=self.connect_timeout
+        ) as client:
+            self.connections += 1
+            self.last_error = None
+            self.lost_since = None
+            self.health.ok(self.component)
+            log.info("connected to the auth service at %s", client.address)
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                self._set(client)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keepalive, client.conn, self.keepalive_interval, 2)
+                    await client.conn.wait_closed()
+                    nursery.cancel_scope.cancel()
+            self._scope = None
+            self._set(None)
+            self.lost_since = time.time()
+            log.warning("lost the connection to the auth service at %s", client.address)
 
     def drop(self, client: AuthClient | None = None) -> None:
         """Give up the current connection (it failed a request); :meth:`run` makes another."""

@@ -7,7 +7,9 @@ jittered exponential backoff (1 s doubling to 30 s), and callers meanwhile wait
 up to :data:`AUTH_WAIT_SECONDS` before being told the auth service is unavailable.
 The cluster's user CA (to accept user certificates on the SSH port) is fetched on
 every (re)connection and kept, so users already connected are unaffected by a
-short outage of the auth service.
+short outage of the auth service. While no auth server answers, the link says so
+in the process's :class:`~trioport.diag.Health` (``/readyz``: "auth unreachable
+since ..."), from when the last connection was lost until one answers again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from trioport.authclient import (
     connect_auth,
 )
 from trioport.config import Address
+from trioport.diag import process_health
 from trioport.errors import AuthenticationFailed, HostKeyNotVerifiable, TrioportError
 from trioport.sshproto.keys import PublicKey, public_key_from_line
 
@@ -71,9 +74,18 @@ class AuthLink:
         self._client: AuthClient | None = None
         self._ready = trio.Event()
         self.last_error: str | None = None
+        self.health = process_health()
+        #: When the last connection was lost (None while connected or before the first).
+        self.lost_since: float | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection up until cancelled; ``started`` after the first success."""
+        try:
+            await self._run(task_status)
+        finally:
+            self.health.ok("proxy: auth")
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         started = False
         delay = BACKOFF_START
         turn = 0
@@ -89,12 +101,15 @@ class AuthLink:
                     self._client = client
                     self._ready.set()
                     self.last_error = None
+                    self.lost_since = None
+                    self.health.ok("proxy: auth")
                     delay = BACKOFF_START
                     log.info("connected to the auth service at %s", client.address)
                     if not started:
                         started = True
                         task_status.started()
                     await client.conn.wait_closed()
+                    self.lost_since = time.time()
                     log.warning("lost the connection to the auth service at %s", client.address)
             except (AuthServiceUnavailable, HostKeyNotVerifiable, AuthenticationFailed) as exc:
                 self.last_error = str(exc)
@@ -106,6 +121,10 @@ class AuthLink:
                 self._client = None
                 if self._ready.is_set():
                     self._ready = trio.Event()
+            if self.last_error is not None:
+                self.lost_since = self.lost_since or time.time()
+                since = self.lost_since
+                self.health.unreachable("proxy: auth", "auth", self.last_error, since=since)
             await trio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
             delay = min(BACKOFF_MAX, delay * 2)
 
