@@ -255,6 +255,12 @@ class SessionChannel:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return b""
 
+    async def receive_chunks(self) -> list[bytes]:
+        if not self._merge or self.session.input_receive is None:
+            return await self._chan.receive_chunks()
+        data = await self.receive_some()
+        return [data] if data else []
+
     async def pump_client_input(self) -> None:
         """Interactive sessions: move the client's keystrokes into the merged input."""
         queue = self.session.input_send
