@@ -10,7 +10,7 @@ lists the node with ``tsh ls``, runs a command and a terminal session with ``tsh
 ssh`` (exit status, a ``/dev/pts`` terminal, a window change seen by ``stty
 size``), and copies 20 MiB of random bytes to the node and back with ``tsh scp``.
 
-The helpers here (:func:`start_cluster`, :func:`invite_over_http`,
+The helpers here (:func:`cluster_running`, :func:`invite_over_http`,
 :func:`tsh_login_on_a_terminal`, :func:`os_account`) are shared with the other
 end-to-end modules of the whole path (``test_openssh_via_proxy``,
 ``test_audit_trail``), each of which runs its own cluster.
@@ -18,6 +18,7 @@ end-to-end modules of the whole path (``test_openssh_via_proxy``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -105,20 +106,19 @@ def _userdel(name: str) -> None:
     subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    """One cluster for the whole module (the other modules import this fixture)."""
-    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+@contextlib.contextmanager
+def cluster_running(tmp: Path) -> Iterator[RunningCluster]:
+    """A cluster for a module (each e2e module of the whole path starts one)."""
+    cluster = start_cluster(tmp)
     try:
         yield cluster
     finally:
         stop_cluster(cluster)
 
 
-@pytest.fixture(scope="module")
-def os_account(request: pytest.FixtureRequest) -> Iterator[str]:
-    """An OS account on the node for the module's logins (removed afterwards)."""
-    name = getattr(request.module, "LOGIN", LOGIN)
+@contextlib.contextmanager
+def os_account(name: str) -> Iterator[str]:
+    """An OS account on the node for a module's logins (removed afterwards)."""
     _userdel(name)
     subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
     try:
@@ -215,11 +215,18 @@ class User:
 
 
 @pytest.fixture(scope="module")
-def carol(running: RunningCluster, os_account: str) -> User:
-    totp = invite_over_http(running, "carol", os_account)
-    home = running.tmp / "carol-tsh"
-    transcript = tsh_login_on_a_terminal(running, home, "carol", totp)
-    return User("carol", home, totp, transcript)
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    with cluster_running(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def carol(running: RunningCluster) -> Iterator[User]:
+    with os_account(LOGIN) as login:
+        totp = invite_over_http(running, "carol", login)
+        home = running.tmp / "carol-tsh"
+        transcript = tsh_login_on_a_terminal(running, home, "carol", totp)
+        yield User("carol", home, totp, transcript)
 
 
 # --- the path -------------------------------------------------------------------------------
