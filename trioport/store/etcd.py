@@ -36,9 +36,14 @@ Mapping of the contract onto etcd:
   delivered, so no event is lost. If etcd compacted that revision away the
   events are gone: every open watch is broken and must resync.
 * **Failover.** ``peers`` are tried in order; a peer that refuses the connection
-  is skipped for the next one. A request that failed *after* it was sent raises
-  :class:`~trioport.errors.BackendUnavailable` without being retried, because it
-  may have taken effect.
+  is skipped for the next one, and later calls start from the peer that answered.
+  Reads, puts and lease calls are repeated on the next peer when they fail after
+  they were sent (a member died mid-request, or etcd had no leader during an
+  election), for a few bounded rounds; a transaction or a delete that failed
+  after it was sent raises :class:`~trioport.errors.BackendUnavailable` without
+  being repeated, because it may have taken effect. So with three members one
+  can die at any moment and callers see at most a slower request (see
+  ``docs/ha.md``).
 """
 
 from __future__ import annotations
@@ -101,6 +106,13 @@ _GRPC_DEADLINE_EXCEEDED = 4
 
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 2.0
+#: Calls that may be sent again after a failure: repeating them changes nothing a
+#: caller can tell (a put writes the same value again; a lease no key uses expires).
+_IDEMPOTENT = frozenset({"/v3/kv/range", "/v3/kv/put", "/v3/lease/grant", "/v3/lease/revoke"})
+#: Rounds over all peers a call makes before it gives up.
+_RETRY_ROUNDS = 3
+#: What etcd says when it refused a request because it has no leader (nothing was applied).
+_NO_LEADER = "no leader"
 
 
 class _LeaseNotFound(StoreError):
@@ -544,26 +556,47 @@ class EtcdBackend:
         return request
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to ``path`` on the first peer that accepts a connection."""
+        """POST ``body`` to ``path`` on the first peer that accepts a connection.
+
+        A call that is safe to repeat (:data:`_IDEMPOTENT`: reads, puts, leases) and
+        failed after it was sent, or that etcd refused because it had no leader, is
+        tried again on the next peer, for at most :data:`_RETRY_ROUNDS` rounds over
+        the peers: a member that dies mid-request or a leader election is then not
+        seen by the caller. Any other call raises at once.
+        """
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("the backend is closed")
-        refused = []
-        for _ in self.peers:
+        retry = path in _IDEMPOTENT
+        failures: list[str] = []
+        delay = _BACKOFF_MIN
+        for attempt in range(len(self.peers) * _RETRY_ROUNDS):
+            if attempt and attempt % len(self.peers) == 0:
+                await trio.sleep(delay)  # a whole round failed: let an election finish
+                delay = min(delay * 4, _BACKOFF_MAX)
             peer = self.peers[self._current]
             try:
                 response = await self._client.send(self._request(peer + path, body))
+                return _reply(response, peer, path)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                refused.append(f"{peer}: {exc!r}")
-                self._current = (self._current + 1) % len(self.peers)
-                continue
+                failures.append(f"{peer}: {exc!r}")
             except httpx.HTTPError as exc:
-                raise BackendUnavailable(
-                    f"etcd at {peer} failed during {path} ({exc!r}); "
-                    "it may or may not have taken effect"
-                ) from exc
-            return _reply(response, peer, path)
-        raise BackendUnavailable("no etcd peer accepted a connection: " + "; ".join(refused))
+                if not retry:
+                    raise BackendUnavailable(
+                        f"etcd at {peer} failed during {path} ({exc!r}); "
+                        "it may or may not have taken effect"
+                    ) from exc
+                failures.append(f"{peer}: {exc!r}")
+            except BackendUnavailable as exc:
+                if not (retry or _NO_LEADER in str(exc)):
+                    raise
+                failures.append(str(exc))
+            self._current = (self._current + 1) % len(self.peers)
+            if self._closed:
+                break
+        if not failures or all("Connect" in f for f in failures):
+            raise BackendUnavailable("no etcd peer accepted a connection: " + "; ".join(failures))
+        raise BackendUnavailable(f"no etcd peer answered {path}: " + "; ".join(failures[-3:]))
 
 
 class _Body(httpx.AsyncByteStream):
