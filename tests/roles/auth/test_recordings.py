@@ -122,3 +122,32 @@ async def test_concurrent_uploads_of_different_sessions(records: Recordings) -> 
         await records.complete(sid)
         assert await records.fetch(sid) == sid.encode() * 3 + b"|end"
     assert sorted(r.sid for r in await records.list()) == sids
+
+
+async def test_a_cut_session_keeps_its_recording_flagged_interrupted(
+    records: Recordings, tmp_path: Path
+) -> None:
+    await upload(records, SID, [b"partial ", b"output"])
+    info = await records.interrupt(SID)
+    assert (info.size, info.interrupted) == (14, True)
+    assert await records.fetch(SID) == b"partial output"
+    [listed] = await records.list()
+    assert (listed.sid, listed.interrupted) == (SID, True)
+    assert await records.list_incomplete() == []
+    # Closed for good: no more chunks, no completion, no second interruption.
+    with pytest.raises(AlreadyExists, match="interrupted"):
+        await records.append(SID, 2, b"late")
+    with pytest.raises(AlreadyExists, match="interrupted"):
+        await records.complete(SID)
+    with pytest.raises(AlreadyExists):
+        await records.interrupt(SID)
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == [f"{SID}.cut"]
+
+
+async def test_only_an_uploaded_recording_can_be_interrupted(records: Recordings) -> None:
+    with pytest.raises(NotFound):
+        await records.interrupt(SID)
+    await upload(records, SID, [b"whole"])
+    await records.complete(SID)
+    with pytest.raises(AlreadyExists, match="complete"):
+        await records.interrupt(SID)

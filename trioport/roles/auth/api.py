@@ -823,6 +823,19 @@ class AuthAPI:
         )
         return attrs.asdict(info)
 
+    @_route("POST", "/v1/recordings/{sid}/interrupted", hosts={"node"})
+    async def _interrupted(self, who: Identity, req: Request) -> Any:
+        sid = check_session_id(req.params["sid"])
+        await self._check_uploader(who, sid)
+        info = await self.auth.recordings.interrupt(sid)
+        await self.auth.audit.emit(
+            audit_log.SESSION_UPLOAD,
+            sid=sid,
+            server_id=who.host_id,
+            fields={"size": info.size, "interrupted": True},
+        )
+        return attrs.asdict(info)
+
     @_route("GET", "/v1/recordings", hosts=_PROXIES, rule=("session", "list"), own=True)
     async def _recordings(self, who: Identity, req: Request) -> Any:
         found = await self.auth.recordings.list()

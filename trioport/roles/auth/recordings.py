@@ -13,7 +13,12 @@ expected, so the node can resume from there (:meth:`Recordings.next_index`).
 ``.rec`` files are listed (:meth:`Recordings.list`) and fetched
 (:meth:`Recordings.fetch`). An upload that stops (the node crashed, the session
 was cut) stays a ``.part`` for ever: it is never mistaken for a full recording
-(:meth:`Recordings.list_incomplete` shows them to the operator).
+(:meth:`Recordings.list_incomplete` shows them to the operator), until someone
+who knows the session is over marks it interrupted (:meth:`Recordings.interrupt`:
+the node that ran it, when it starts again after a crash). That renames it to
+``<sid>.cut``: kept, listed and fetched like a complete recording but flagged
+``interrupted``, and never turned into a ``.rec``, so a truncated recording is
+never marked complete.
 
 Crash safety: the state file is replaced atomically *after* the chunk's bytes are
 written. If the auth service dies between the two, the ``.part`` holds bytes the
@@ -49,7 +54,7 @@ MAX_CHUNK_BYTES = 4 * 1024 * 1024
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_PART, _STATE, _DONE = ".part", ".part.state", ".rec"
+_PART, _STATE, _DONE, _CUT = ".part", ".part.state", ".rec", ".cut"
 
 
 def check_session_id(sid: str) -> str:
@@ -61,11 +66,16 @@ def check_session_id(sid: str) -> str:
 
 @attrs.frozen
 class RecordingInfo:
-    """A finished recording: its session id, size in bytes and completion time."""
+    """A finished recording: its session id, size in bytes and completion time.
+
+    ``interrupted``: the session was cut short (its node died); the recording
+    holds what was uploaded before that and ends without an ``end`` event.
+    """
 
     sid: str
     size: int
     completed: float
+    interrupted: bool = False
 
 
 @attrs.frozen
@@ -95,6 +105,12 @@ class Recordings:
             self.directory / (sid + _DONE),
         )
 
+    async def _check_open(self, sid: str, done: trio.Path) -> None:
+        if await done.exists():
+            raise AlreadyExists(f"recording {sid} is already complete")
+        if await (self.directory / (sid + _CUT)).exists():
+            raise AlreadyExists(f"recording {sid} was marked interrupted")
+
     def _lock(self, sid: str) -> trio.Lock:
         return self._locks.setdefault(sid, trio.Lock())
 
@@ -115,8 +131,7 @@ class Recordings:
         """
         _part, state_path, done = self._paths(sid)
         async with self._lock(sid):
-            if await done.exists():
-                raise AlreadyExists(f"recording {sid} is already complete")
+            await self._check_open(sid, done)
             return (await self._state(state_path)).chunks
 
     async def append(self, sid: str, index: int, data: bytes) -> int:
@@ -135,8 +150,7 @@ class Recordings:
         if len(data) > MAX_CHUNK_BYTES:
             raise ValueError(f"a chunk is at most {MAX_CHUNK_BYTES} bytes")
         async with self._lock(sid):
-            if await done.exists():
-                raise AlreadyExists(f"recording {sid} is already complete")
+            await self._check_open(sid, done)
             state = await self._state(state_path)
             if index != state.chunks:
                 kind = "a duplicate" if index < state.chunks else "out of order"
@@ -166,8 +180,7 @@ class Recordings:
         """
         part, state_path, done = self._paths(sid)
         async with self._lock(sid):
-            if await done.exists():
-                raise AlreadyExists(f"recording {sid} is already complete")
+            await self._check_open(sid, done)
             state = await self._state(state_path)
             if state.chunks == 0 or not await part.exists():
                 raise NotFound(f"no upload of recording {sid}")
@@ -182,12 +195,43 @@ class Recordings:
         self._locks.pop(sid, None)
         return RecordingInfo(sid=sid, size=stat.st_size, completed=stat.st_mtime)
 
+    async def interrupt(self, sid: str) -> RecordingInfo:
+        """Keep what was uploaded of a recording whose session was cut short.
+
+        The ``.part`` (cut to the bytes its state counts) becomes ``<sid>.cut``:
+        listed and fetched, flagged ``interrupted``, closed to further chunks.
+
+        Raises:
+            NotFound: no chunk of ``sid`` was uploaded.
+            AlreadyExists: already complete or already interrupted.
+        """
+        part, state_path, done = self._paths(sid)
+        cut = self.directory / (sid + _CUT)
+        async with self._lock(sid):
+            await self._check_open(sid, done)
+            state = await self._state(state_path)
+            if state.chunks == 0 or not await part.exists():
+                raise NotFound(f"no upload of recording {sid}")
+            await trio.to_thread.run_sync(
+                _finish, os.fspath(part), os.fspath(cut), os.fspath(state_path), state.size
+            )
+            stat = await cut.stat()
+        self._locks.pop(sid, None)
+        return RecordingInfo(sid=sid, size=stat.st_size, completed=stat.st_mtime, interrupted=True)
+
     async def list(self) -> list[RecordingInfo]:
-        """The complete recordings, oldest first."""
+        """The finished recordings (complete or interrupted), oldest first."""
         out = []
-        for path, stat in await trio.to_thread.run_sync(_scan, os.fspath(self.directory), _DONE):
-            out.append(
-                RecordingInfo(sid=path[: -len(_DONE)], size=stat.st_size, completed=stat.st_mtime)
+        for suffix in (_DONE, _CUT):
+            found = await trio.to_thread.run_sync(_scan, os.fspath(self.directory), suffix)
+            out.extend(
+                RecordingInfo(
+                    sid=path[: -len(suffix)],
+                    size=stat.st_size,
+                    completed=stat.st_mtime,
+                    interrupted=suffix == _CUT,
+                )
+                for path, stat in found
             )
         return sorted(out, key=lambda r: (r.completed, r.sid))
 
@@ -197,16 +241,20 @@ class Recordings:
         return sorted(name[: -len(_PART)] for name, _stat in found)
 
     async def fetch(self, sid: str, *, offset: int = 0, size: int | None = None) -> bytes:
-        """Read a complete recording (or ``size`` bytes of it from ``offset``).
+        """Read a finished recording (or ``size`` bytes of it from ``offset``).
+
+        An interrupted recording is read like a complete one.
 
         Raises:
-            NotFound: no complete recording of ``sid`` (an incomplete one included).
+            NotFound: no finished recording of ``sid`` (one still uploading included).
             ValueError: a bad session id, offset or size; or the recording is over
                 :data:`MAX_FETCH_BYTES` and no ``size`` was given.
         """
         _part, _state_path, done = self._paths(sid)
         if offset < 0 or (size is not None and not 0 <= size <= MAX_FETCH_BYTES):
             raise ValueError(f"offset >= 0 and 0 <= size <= {MAX_FETCH_BYTES}")
+        if not await done.exists():
+            done = self.directory / (sid + _CUT)
         try:
             async with await trio.open_file(done, "rb") as f:
                 if size is None:
