@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import getpass
 import json
 import os
@@ -107,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", dest="no_stdin", action="store_true", help="read nothing from stdin")
     p.add_argument(
         "-A", dest="forward_agent", action="store_true", help="forward the agent (SSH_AUTH_SOCK)"
+    )
+    p.add_argument(
+        "-L",
+        dest="forwards",
+        action="append",
+        default=[],
+        metavar="[BIND:]PORT:HOST:HOSTPORT",
+        help="forward a local port to HOST:HOSTPORT as seen from the node (repeatable)",
+    )
+    p.add_argument(
+        "-N", dest="no_command", action="store_true", help="run no command, only forward (-L)"
     )
     p.add_argument(
         "destination", metavar="[LOGIN@]NODE", help="a node name, address or LABEL=VALUE"
@@ -447,11 +459,13 @@ async def _run_session(
     pty: bool,
     stdin: bool,
     agent: AgentForwardingHandler | None = None,
+    *,
+    agent_refusal: str = "warning: the node refused agent forwarding (-A)",
 ) -> int:
     """Run ``command`` (or a shell) on ``conn`` wired to this terminal; its exit status."""
     chan = await conn.open_session()
     if agent is not None and not await agent.request(chan):
-        print("warning: the node refused agent forwarding", file=sys.stderr)
+        _warn(agent_refusal)
     if pty:
         cols, rows = _window_size()
         term = os.environ.get("TERM", "xterm")
@@ -514,55 +528,237 @@ async def _pump(chan: ChannelStream, inp: _Fd | None, out: _Fd, err: _Fd, pty: b
 
 # --- ssh ------------------------------------------------------------------------------------
 
+#: Nodes a label selector's command runs on at once.
+FANOUT_CONCURRENCY = 16
+
+
+def _warn(text: str) -> None:
+    """One line on stderr, readable even while the terminal is in raw mode."""
+    end = "\r\n" if sys.stderr.isatty() else "\n"
+    sys.stderr.write(text + end)
+    sys.stderr.flush()
+
+
+def _agent_refusal(profile: Profile) -> str:
+    """What to say when the node refuses ``-A``, from what the certificate allows."""
+    cert = profile.certificate
+    if cert is None or "permit-agent-forwarding" not in cert.extensions:
+        return (
+            "warning: agent forwarding (-A) is not allowed: your certificate does not permit"
+            " it (none of your roles sets forward_agent); continuing without it"
+        )
+    return (
+        "warning: the node refused agent forwarding (-A): your roles do not allow it"
+        " there; continuing without it"
+    )
+
+
+def _agent_handler(args: argparse.Namespace) -> AgentForwardingHandler | None:
+    if not args.forward_agent:
+        return None
+    socket_path = os.environ.get("SSH_AUTH_SOCK")
+    if not socket_path:
+        raise TrioportError("-A: SSH_AUTH_SOCK is not set; there is no agent to forward")
+    return AgentForwardingHandler(socket_path)
+
 
 async def _ssh_async(args: argparse.Namespace, profile: Profile) -> int:
     login, node = _split_login(args.destination, args.login, _default_login(profile))
     # As OpenSSH does: the words are joined with spaces, and the remote shell splits them.
     command = " ".join(args.remote) if args.remote else None
-    interactive = command is None
-    pty = args.tty if args.tty is not None else (interactive and sys.stdin.isatty())
-    signers = proxy_client.signers_for(profile)
+    forwards: list[proxy_client.Forward] = args.forward_specs
     async with _proxy(profile, login) as proxy:
-        targets: list[tuple[str, str | None]] = [(node, None)]
+        target, principal = node, None
         selector = parse_selector(node)
         if selector is not None:
             _cluster, nodes = await proxy_client.list_nodes(proxy)
-            matched = _filter(nodes, selector)
+            matched = sorted(_filter(nodes, selector), key=lambda n: (n.hostname, n.host_id))
             if not matched:
-                raise TrioportError(f"no node you can reach has the labels {node}")
-            if interactive and len(matched) > 1:
+                reachable = ", ".join(n.hostname for n in nodes) or "none"
+                raise TrioportError(
+                    f"no node you can reach has the labels {node} (nodes you can reach:"
+                    f" {reachable})"
+                )
+            if len(matched) > 1:
                 names = ", ".join(n.hostname for n in matched)
-                raise TrioportError(f"{node} matches several nodes ({names}); give a command")
-            targets = [(n.host_id, n.host_id) for n in matched]
-        status = 0
-        for target, principal in targets:
-            agent = None
-            if args.forward_agent:
-                socket_path = os.environ.get("SSH_AUTH_SOCK")
-                if not socket_path:
-                    raise TrioportError("-A: SSH_AUTH_SOCK is not set; there is no agent")
-                agent = AgentForwardingHandler(socket_path)
-            async with proxy_client.connect_node(
-                proxy,
-                target,
-                args.port,
-                login=login,
-                signers=signers,
-                host_cas=profile.host_cas,
-                cluster=profile.cluster,
-                principal=principal,
-                handler=agent,
-            ) as conn:
-                stdin = not args.no_stdin
-                status = await _run_session(conn, command, bool(pty), stdin, agent) or status
+                if command is None:
+                    raise TrioportError(f"{node} matches several nodes ({names}); give a command")
+                if forwards:
+                    raise TrioportError(f"-L needs one node, and {node} matches {names}")
+                return await _fan_out(proxy, matched, login, command, args, profile)
+            target = principal = matched[0].host_id
+        listeners = [await proxy_client.listen_forward(f) for f in forwards]
+        try:
+            return await _ssh_one(
+                proxy, target, principal, login, command, args, profile, forwards, listeners
+            )
+        finally:
+            for group in listeners:
+                for listener in group:
+                    await trio.aclose_forcefully(listener)
+
+
+async def _ssh_one(
+    proxy: SSHConnection,
+    target: str,
+    principal: str | None,
+    login: str,
+    command: str | None,
+    args: argparse.Namespace,
+    profile: Profile,
+    forwards: Sequence[proxy_client.Forward],
+    listeners: Sequence[Sequence[trio.SocketListener]],
+) -> int:
+    interactive = command is None and not args.no_command
+    pty = args.tty if args.tty is not None else (interactive and sys.stdin.isatty())
+    agent = _agent_handler(args)
+    async with proxy_client.connect_node(
+        proxy,
+        target,
+        args.port,
+        login=login,
+        signers=proxy_client.signers_for(profile),
+        host_cas=profile.host_cas,
+        cluster=profile.cluster,
+        principal=principal,
+        handler=agent,
+    ) as conn:
+        async with trio.open_nursery() as nursery:
+            for forward, group in zip(forwards, listeners, strict=True):
+                await nursery.start(
+                    functools.partial(
+                        proxy_client.serve_local_forward, conn, forward, group, on_error=_warn
+                    )
+                )
+            if args.no_command:
+                await conn.wait_closed()  # forward until interrupted, or the node hangs up
+                status = 0
+            else:
+                status = await _run_session(
+                    conn,
+                    command,
+                    bool(pty),
+                    not args.no_stdin,
+                    agent,
+                    agent_refusal=_agent_refusal(profile),
+                )
+            nursery.cancel_scope.cancel()
         return status
 
 
+class _LinePrefixer:
+    """Writes complete lines to ``fd``, each after ``prefix`` (fan-out output)."""
+
+    def __init__(self, fd: int, prefix: bytes) -> None:
+        self.fd = fd
+        self.prefix = prefix
+        self.partial = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        if lines:
+            _write_fd(self.fd, b"".join(self.prefix + line + b"\n" for line in lines))
+
+    def flush(self) -> None:
+        if self.partial:
+            _write_fd(self.fd, self.prefix + self.partial + b"\n")
+            self.partial = b""
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _run_prefixed(conn: SSHConnection, command: str, prefix: bytes) -> int:
+    """Run ``command`` with no input; its output and errors line by line after ``prefix``."""
+    chan = await conn.open_session()
+    async with chan:
+        if not await chan.request(ev.Exec(command=command.encode())):
+            raise TrioportError("the node refused to run the command")
+        await chan.send_eof()
+
+        async def copy(source: trio.abc.ReceiveStream, target: _LinePrefixer) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while data := await source.receive_some(_READ_SIZE):
+                    target.feed(data)
+            target.flush()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, chan, _LinePrefixer(1, prefix))
+            nursery.start_soon(copy, chan.stderr, _LinePrefixer(2, prefix))
+        with trio.move_on_after(5):
+            await chan.wait_closed()
+    if chan.exit_status is not None:
+        return chan.exit_status
+    if chan.exit_signal is not None:
+        _write_fd(2, prefix + f"killed by signal {chan.exit_signal.name}\n".encode())
+    return SSH_FAILURE
+
+
+async def _fan_out(
+    proxy: SSHConnection,
+    nodes: Sequence[NodeInfo],
+    login: str,
+    command: str,
+    args: argparse.Namespace,
+    profile: Profile,
+) -> int:
+    """Run ``command`` on every node at once, output prefixed ``[NODE] ``, as Teleport does.
+
+    The exit status is 0 when it succeeded everywhere, else the first failing
+    node's (in name order), 255 for a node that could not run it.
+    """
+    limiter = trio.CapacityLimiter(FANOUT_CONCURRENCY)
+    statuses: dict[str, int] = {}
+    signers = proxy_client.signers_for(profile)
+
+    async def one(node: NodeInfo) -> None:
+        prefix = f"[{node.hostname}] ".encode()
+        async with limiter:
+            try:
+                agent = _agent_handler(args)
+                async with proxy_client.connect_node(
+                    proxy,
+                    node.host_id,
+                    args.port,
+                    login=login,
+                    signers=signers,
+                    host_cas=profile.host_cas,
+                    cluster=profile.cluster,
+                    principal=node.host_id,
+                    handler=agent,
+                ) as conn:
+                    statuses[node.host_id] = await _run_prefixed(conn, command, prefix)
+            except (TrioportError, trio.BrokenResourceError) as exc:
+                _write_fd(2, prefix + f"error: {exc}\n".encode())
+                statuses[node.host_id] = SSH_FAILURE
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(one, node)
+    failed = [(n, statuses[n.host_id]) for n in nodes if statuses[n.host_id] != 0]
+    if not failed:
+        return 0
+    which = ", ".join(f"{n.hostname} (exit status {code})" for n, code in failed)
+    _warn(f"error: the command failed on {len(failed)} of {len(nodes)} nodes: {which}")
+    return failed[0][1]
+
+
 def _ssh(args: argparse.Namespace) -> int:
-    profile = _profile()
     if args.remote and args.remote[0] == "--":
         args.remote = args.remote[1:]
     try:
+        args.forward_specs = [proxy_client.parse_forward(text) for text in args.forwards]
+    except ValueError as exc:
+        fail(str(exc), SSH_FAILURE)
+    if args.no_command and args.remote:
+        fail("-N runs no command: give either -N or a command", SSH_FAILURE)
+    if args.no_command and not args.forwards:
+        fail("-N without -L has nothing to do", SSH_FAILURE)
+    try:
+        profile = _profile()
         return trio.run(_ssh_async, args, profile)
     except TrioportError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,11 @@
 
 When the proxy refuses a node it says why on the channel's stderr;
 :func:`connect_node` raises that text as :class:`ProxyRefused`.
+
+Local port forwarding (``tsh ssh -L``) is :func:`parse_forward` and
+:func:`serve_local_forward`: a listener on this machine whose every connection
+becomes a ``direct-tcpip`` channel (RFC 4254 §7.2) on the end-to-end connection
+to the node, which decides whether the certificate and roles allow it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -33,6 +39,7 @@ from trioport.errors import (
     AccessDenied,
     AuthenticationFailed,
     CertificateInvalid,
+    ChannelOpenError,
     ConnectionClosedError,
     HostKeyNotVerifiable,
     NotFound,
@@ -40,6 +47,7 @@ from trioport.errors import (
     TrioportError,
 )
 from trioport.ssh import (
+    ChannelStream,
     KeySigner,
     Signer,
     SSHConnection,
@@ -59,14 +67,18 @@ from .ssh_proxy import SUBSYSTEM_NODES
 __all__ = [
     "HTTP_TIMEOUT",
     "LOCKOUT_HINT",
+    "Forward",
     "ProxyRefused",
     "ProxyUnavailable",
     "connect_node",
     "connect_proxy",
     "host_verifier",
     "list_nodes",
+    "listen_forward",
     "login",
+    "parse_forward",
     "ping",
+    "serve_local_forward",
 ]
 
 #: Seconds for each HTTPS request to the proxy.
@@ -453,3 +465,158 @@ async def connect_node(
 def signers_for(profile: Any) -> list[Signer]:
     """The profile's key, presented with its certificate."""
     return [KeySigner(profile.key, certificate=profile.certificate.blob)]
+
+
+# --- local port forwarding (tsh ssh -L) ----------------------------------------------------
+
+
+@attrs.frozen
+class Forward:
+    """One ``-L [BIND:]PORT:HOST:HOSTPORT``: listen on ``bind:port``, connect to ``host:host_port``.
+
+    ``host`` is resolved by the node, as OpenSSH's ``-L`` does: ``localhost``
+    there means the node itself.
+    """
+
+    bind: str
+    port: int
+    host: str
+    host_port: int
+
+    def __str__(self) -> str:
+        bind = f"[{self.bind}]" if ":" in self.bind else self.bind
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{bind}:{self.port}:{host}:{self.host_port}"
+
+
+def _forward_fields(text: str) -> list[str]:
+    """Split on ``:`` outside brackets (``[::1]:8080:[fd00::5]:80``)."""
+    fields: list[str] = []
+    current = ""
+    depth = 0
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == ":" and depth == 0:
+            fields.append(current)
+            current = ""
+        else:
+            current += char
+    fields.append(current)
+    return [f[1:-1] if f.startswith("[") and f.endswith("]") else f for f in fields]
+
+
+def _port(text: str, what: str, spec: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"-L {spec}: {what} is not a port number: {text[:16]!r}")
+    return int(text)
+
+
+def parse_forward(text: str, default_bind: str = "127.0.0.1") -> Forward:
+    """Read ``[BIND:]PORT:HOST:HOSTPORT`` as OpenSSH's ``ssh -L`` does.
+
+    Without BIND the listener is on ``default_bind`` (loopback: other machines
+    cannot use it, as with OpenSSH's default ``GatewayPorts no``); ``*`` or an
+    empty BIND means every interface. IPv6 addresses go in brackets.
+
+    Raises:
+        ValueError: not in that shape, with what is wrong.
+    """
+    fields = _forward_fields(text)
+    if len(fields) == 3:
+        fields.insert(0, default_bind)
+    if len(fields) != 4:
+        raise ValueError(f"-L {text}: expected [BIND:]PORT:HOST:HOSTPORT")
+    bind, port, host, host_port = fields
+    if bind in ("", "*"):
+        bind = "0.0.0.0"  # noqa: S104 - the user asked for every interface
+    if not host:
+        raise ValueError(f"-L {text}: expected a host to connect to")
+    return Forward(bind, _port(port, "PORT", text), host, _port(host_port, "HOSTPORT", text))
+
+
+async def listen_forward(forward: Forward) -> list[trio.SocketListener]:
+    """The listeners for ``forward``, bound now (so a taken port fails before anything runs).
+
+    Raises:
+        TrioportError: the address cannot be listened on (in use, not ours), saying which.
+    """
+    try:
+        return await trio.open_tcp_listeners(forward.port, host=forward.bind)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise TrioportError(
+            f"-L {forward}: cannot listen on {forward.bind}:{forward.port}: {why}"
+        ) from None
+
+
+async def _relay(chan: ChannelStream, sock: trio.SocketStream) -> None:
+    """Copy bytes both ways; each side's EOF is passed on; done when both are."""
+
+    async def to_node() -> None:
+        try:
+            while data := await sock.receive_some(32 * 1024):
+                await chan.send_all(data)
+            await chan.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def to_local() -> None:
+        try:
+            while data := await chan.receive_some():
+                await sock.send_all(data)
+            await sock.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(to_node)
+        nursery.start_soon(to_local)
+
+
+async def serve_local_forward(
+    conn: SSHConnection,
+    forward: Forward,
+    listeners: Sequence[trio.SocketListener],
+    *,
+    on_error: Callable[[str], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on ``listeners``, each a ``direct-tcpip`` channel on ``conn``.
+
+    Runs until cancelled. A connection the node refuses (forwarding not allowed,
+    target unreachable) is closed, and ``on_error`` gets one line saying why.
+    """
+
+    async def handle(sock: trio.SocketStream) -> None:
+        async with sock:
+            try:
+                origin_host, origin_port = sock.socket.getpeername()[:2]
+            except OSError:
+                origin_host, origin_port = "127.0.0.1", 0
+            try:
+                chan = await conn.open_channel(
+                    "direct-tcpip",
+                    host=forward.host,
+                    port=forward.host_port,
+                    originator_address=str(origin_host),
+                    originator_port=int(origin_port),
+                )
+            except ChannelOpenError as exc:
+                on_error(
+                    f"-L {forward}: the node refused to forward to"
+                    f" {forward.host}:{forward.host_port}: {exc.description or exc}"
+                )
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, TrioportError) as exc:
+                on_error(f"-L {forward}: the connection to the node is gone: {exc}")
+                return
+            async with chan:
+                await _relay(chan, sock)
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(trio.serve_listeners, handle, [listener])
+        task_status.started()
