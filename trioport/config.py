@@ -52,6 +52,7 @@ __all__ = [
     "Global",
     "LogConfig",
     "ProxyService",
+    "Rate",
     "SSHService",
     "StaticToken",
     "StorageConfig",
@@ -266,20 +267,46 @@ def _structure_severity(value: object, _type: object) -> str:
 
 
 @attrs.define(kw_only=True)
+class Rate:
+    """One entry of ``teleport.connection_limits.rates``: a token bucket per source.
+
+    A source may make ``burst`` requests at once, then ``average`` per ``period``.
+    """
+
+    period: dt.timedelta = dt.timedelta(minutes=1)
+    average: int = 20
+    burst: int = 40
+
+    @property
+    def per_minute(self) -> float:
+        """The average as requests per minute."""
+        return self.average * 60.0 / max(self.period.total_seconds(), 1e-9)
+
+
+@attrs.define(kw_only=True)
 class ConnectionLimits:
     """``teleport.connection_limits``: limits every service of this process applies.
 
-    Teleport keeps ``max_connections`` here and the idle and keep-alive settings in
-    ``auth_service``; trioport keeps them all here because each process enforces
-    them on its own listeners.
+    Teleport keeps ``max_connections``, ``max_users`` and ``rates`` here and the idle
+    and keep-alive settings in ``auth_service``; trioport keeps them all here
+    because each process enforces them on its own listeners.
     """
 
     #: Open connections per service, authenticated or not.
     max_connections: int = 15000
+    #: Open connections per service from one source address.
+    max_connections_per_source: int = 2000
+    #: Distinct source addresses with open connections to a service at once.
+    max_users: int = 1000
     #: Connections that have not finished authenticating, all sources together.
     max_unauthenticated: int = 100
     #: Connections that have not finished authenticating, from one source address.
     max_unauthenticated_per_source: int = 10
+    #: Session channels open at once on one connection (OpenSSH MaxSessions).
+    max_sessions: int = 10
+    #: Channels of any kind (sessions, port forwards) open at once on one connection
+    #: (``ConnectionConfig.max_channels`` of the SSH core).
+    max_channels: int = 100
     #: How long a connection may take to authenticate (OpenSSH LoginGraceTime).
     login_grace_time: dt.timedelta = dt.timedelta(seconds=30)
     #: Close a connection idle this long (0s: never); roles can only shorten it.
@@ -288,6 +315,27 @@ class ConnectionLimits:
     keep_alive_interval: dt.timedelta = dt.timedelta(minutes=5)
     #: Close after this many unanswered keep-alives.
     keep_alive_count_max: int = 3
+    #: Per-source request rates of the proxy's HTTPS endpoints that take credentials.
+    rates: list[Rate] = attrs.Factory(lambda: [Rate()])
+    #: At a graceful stop, how long running sessions may go on before they are
+    #: disconnected with a reason.
+    shutdown_timeout: dt.timedelta = dt.timedelta(seconds=30)
+
+    def server_limits(self) -> Any:
+        """These limits as the SSH server takes them (:class:`trioport.ssh.ServerLimits`)."""
+        from trioport.ssh.server import ServerLimits
+
+        return ServerLimits(
+            login_grace=self.login_grace_time.total_seconds(),
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            max_sources=self.max_users,
+            max_unauthenticated=self.max_unauthenticated,
+            max_unauthenticated_per_source=self.max_unauthenticated_per_source,
+            max_sessions=self.max_sessions,
+            keepalive_interval=self.keep_alive_interval.total_seconds(),
+            keepalive_count=self.keep_alive_count_max,
+        )
 
 
 @attrs.define(kw_only=True)
@@ -451,21 +499,29 @@ def _file_problems(cfg: Config) -> Problems:
     if st.path == "":
         out.append((("teleport", "storage", "path"), "must not be empty"))
     lim = g.connection_limits
+    where = ("teleport", "connection_limits")
     for key in (
         "max_connections",
+        "max_connections_per_source",
+        "max_users",
         "max_unauthenticated",
         "max_unauthenticated_per_source",
+        "max_sessions",
+        "max_channels",
         "keep_alive_count_max",
     ):
         if getattr(lim, key) < 1:
-            out.append((("teleport", "connection_limits", key), "must be at least 1"))
-    if lim.max_unauthenticated_per_source > lim.max_unauthenticated:
+            out.append(((*where, key), "must be at least 1"))
+    if 1 <= lim.max_unauthenticated < lim.max_unauthenticated_per_source:
         out.append(
-            (
-                ("teleport", "connection_limits", "max_unauthenticated_per_source"),
-                "must not exceed max_unauthenticated",
-            )
+            ((*where, "max_unauthenticated_per_source"), "must not exceed max_unauthenticated")
         )
+    for i, rate in enumerate(lim.rates):
+        if rate.period < dt.timedelta(seconds=1):
+            out.append(((*where, "rates", i, "period"), "must be at least 1s"))
+        for key in ("average", "burst"):
+            if getattr(rate, key) < 1:
+                out.append(((*where, "rates", i, key), "must be at least 1"))
     if lim.login_grace_time < dt.timedelta(seconds=1):
         out.append((("teleport", "connection_limits", "login_grace_time"), "must be at least 1s"))
     px = cfg.proxy_service
