@@ -24,6 +24,7 @@ from trioport.sshproto.certs import CertificateCheckResult
 from trioport.sshproto.keys import PublicKey
 
 from .access import AccessChecker, AccessDecision
+from .journal import SessionJournal
 from .recorder import RecordingUploader
 from .sessions import Reporter, SessionRegistry
 
@@ -64,6 +65,8 @@ class NodeContext:
     clock: Callable[[], float] = time.time
     #: The node's idle timeout in seconds (None: none); roles may shorten it.
     idle_timeout: float | None = None
+    #: Running sessions on disk, for recovery after a crash (None: not kept).
+    journal: SessionJournal | None = None
     #: The node is shutting down: no new logins.
     draining: bool = False
     #: Connections with a logged-in user, to disconnect at shutdown.

@@ -28,7 +28,9 @@ recordings a few seconds to finish uploading, and returns.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import time
 
 import trio
@@ -45,6 +47,7 @@ from .context import NodeContext
 from .handler import NodeSSHHandler
 from .heartbeat import HEARTBEAT_INTERVAL, CommandLabels, Heartbeat
 from .identity import advertise_address, auth_servers, load_or_join
+from .journal import SessionJournal, recover
 from .recorder import FLUSH_SECONDS, RecordingUploader
 from .sessions import Reporter, SessionRegistry
 
@@ -54,6 +57,8 @@ log = logging.getLogger("trioport.node")
 
 #: Seconds the recordings get to finish uploading at a graceful stop.
 UPLOAD_GRACE = 10.0
+#: Under the data directory: the journal of running sessions (see :mod:`.journal`).
+JOURNAL_DIR = "sessions"
 
 
 def _limits(config: Config) -> ServerLimits:
@@ -139,7 +144,10 @@ async def serve(
             clock=time.time,
             idle_timeout=config.teleport.connection_limits.client_idle_timeout.total_seconds()
             or None,
+            journal=SessionJournal(os.path.join(config.teleport.data_dir, JOURNAL_DIR)),
         )
+        assert node.journal is not None
+        recover(node.journal, reporter, now=lambda: dt.datetime.now(dt.UTC))
         nursery.start_soon(command_labels.run)
         nursery.start_soon(heartbeat.run)
         nursery.start_soon(reporter.run)

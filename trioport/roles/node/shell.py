@@ -326,6 +326,15 @@ async def run_session(
         session.input_send, session.input_receive = trio.open_memory_channel[bytes](64)
     node.registry.add(session)
     node.reporter.put_session(session.resource())
+    if node.journal is not None:
+        node.journal.started(
+            session.resource(),
+            {
+                **_audit(login, session, node),
+                "participants": [login.user],
+                "session_start": session.created.isoformat(),
+            },
+        )
     start_fields: dict[str, Any] = {}
     if pty is not None:
         start_fields["size"] = f"{pty.width_chars}:{pty.height_rows}"
@@ -404,6 +413,8 @@ def _end(node: NodeContext, login: Login, session: ActiveSession, command: str |
             **outcome,
         )
     node.reporter.put_session(session.resource(state="ended"))
+    if node.journal is not None:
+        node.journal.ended(session.sid)
 
 
 async def _join(node: NodeContext, chan: ChannelStream, joiner: Login, sid: str) -> None:
