@@ -1,0 +1,393 @@
+"""High availability, proven on loopback: three etcd members, two auth services.
+
+The auth services are real ``trioport run --roles=auth`` processes sharing one
+etcd cluster of three members; a node and a proxy (in this test's trio loop) list
+both auth servers. The story, in order:
+
+1. Both auth services start at the same moment on an empty etcd: they end up with
+   one cluster, one user CA and one host CA (creation is create-if-absent).
+2. A user logs in through the proxy's HTTPS endpoint; the node heartbeats.
+3. ``kill -9`` of the auth service everyone is connected to: logins, heartbeats
+   and a new node's join go on through the other one.
+4. ``kill -9`` of the etcd leader (which is also the member every auth service
+   talks to first): nothing is noticed: logins work at the first try,
+   heartbeats go on, ``/readyz`` stays 200 throughout.
+5. Both auth services down: ``/readyz`` answers 503 "auth unreachable since ...",
+   ``/healthz`` 200, and the node still answers SSH; with auth back, 200 again.
+6. Everything restarted (etcd, both auth services, node, proxy): the users, the
+   node (same host id, no new join) and the CAs are the ones from before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import pyotp
+import pytest
+import trio
+
+from tests.e2e.cluster import free_ports
+from trioport.authclient import AuthClient, AuthServiceUnavailable, ClientIdentity, connect_auth
+from trioport.config import Config, loads_config
+from trioport.diag import HEALTH, Health, serve_diag
+from trioport.roles.node import service as node_service
+from trioport.roles.proxy import service as proxy_service
+from trioport.sshproto.keys import PrivateKey
+
+from .cluster import CLUSTER, JOIN_TOKEN, AuthProcess, EtcdCluster, auth_config
+
+T = TypeVar("T")
+
+PASSWORD = "correct horse battery staple"
+USERS = ("alice", "bob", "carol", "dave")
+#: Upper bound for the whole story (it takes well under a minute on a quiet machine).
+STORY_TIMEOUT = 240
+
+
+@pytest.fixture
+def etcd(tmp_path: Path):  # type: ignore[no-untyped-def]
+    cluster = EtcdCluster.create(tmp_path / "etcd")
+    cluster.start_all()
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@attrs.define
+class Story:
+    """The moving parts of one run, and the helpers that drive them."""
+
+    tmp: Path
+    etcd: EtcdCluster
+    auths: list[AuthProcess]
+    health: Health
+    secrets: dict[str, str] = attrs.Factory(dict)
+
+    @property
+    def auth_addresses(self) -> list[str]:
+        return [a.address for a in self.auths]
+
+    def admin(self) -> ClientIdentity:
+        return ClientIdentity.load(self.auths[0].data_dir / "admin")
+
+    async def admin_call(
+        self, fn: Callable[[AuthClient], Awaitable[T]], *, on: AuthProcess | None = None
+    ) -> T:
+        """``fn`` on the first auth service that answers (as tctl with several servers)."""
+        errors = []
+        for auth in self.auths if on is None else [on]:
+            if auth.process is None:
+                continue
+            try:
+                async with connect_auth(auth.address, self.admin(), connect_timeout=10) as c:
+                    return await fn(c)
+            except AuthServiceUnavailable as exc:
+                errors.append(str(exc))
+        raise AssertionError(f"no auth service answered: {errors}")
+
+    async def add_user(self, name: str) -> None:
+        async def go(c: AuthClient) -> None:
+            invite = await c.add_user(name, logins=[name])
+            enrolment = await c.start_enrolment(invite["token"])
+            self.secrets[name] = enrolment["secret"]
+            code = pyotp.TOTP(enrolment["secret"]).at(time.time() - 30)
+            await c.complete_invite(invite["token"], PASSWORD, code)
+
+        await self.admin_call(go)
+
+    async def login(self, web_port: int, name: str) -> httpx.Response:
+        """``tsh login``'s request to the proxy: password, TOTP code and a new key."""
+        key = PrivateKey.generate()
+        body = {
+            "user": name,
+            "password": PASSWORD,
+            "otp_token": pyotp.TOTP(self.secrets[name]).at(time.time()),
+            "pub_key": key.public.openssh_line(),
+            "ttl": 3600,
+        }
+        async with httpx.AsyncClient(verify=False, timeout=30) as client:
+            return await client.post(f"https://127.0.0.1:{web_port}/v1/webapi/ssh/certs", json=body)
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["hostname"]: n for n in await self.admin_call(lambda c: c.list_nodes())}
+
+    async def wait_heartbeat_after(self, name: str, after: float) -> dict[str, Any]:
+        """Wait until the auth side saw a heartbeat of ``name`` later than ``after``."""
+        while True:
+            node = (await self.nodes()).get(name)
+            if node is not None and node["online"] and node["last_seen"] > after:
+                return node
+            await trio.sleep(0.2)
+
+
+def node_config(story: Story, name: str) -> Config:
+    servers = ", ".join(story.auth_addresses)
+    return loads_config(
+        f"""version: v1
+teleport:
+  nodename: {name}
+  data_dir: {story.tmp / name}
+  auth_token: {JOIN_TOKEN}
+  auth_servers: [{servers}]
+auth_service:
+  enabled: false
+ssh_service:
+  listen_addr: 127.0.0.1:0
+proxy_service:
+  enabled: false
+"""
+    )
+
+
+def proxy_config(story: Story) -> Config:
+    servers = ", ".join(story.auth_addresses)
+    return loads_config(
+        f"""version: v1
+teleport:
+  nodename: ha-proxy
+  data_dir: {story.tmp / "proxy"}
+  auth_token: {JOIN_TOKEN}
+  auth_servers: [{servers}]
+auth_service:
+  enabled: false
+ssh_service:
+  enabled: false
+proxy_service:
+  listen_addr: 127.0.0.1:0
+  web_listen_addr: 127.0.0.1:0
+"""
+    )
+
+
+@attrs.define
+class Edge:
+    """A node, a proxy and the diagnostics endpoint, running in the test's loop."""
+
+    scope: trio.CancelScope
+    node_port: int
+    web_port: int
+    diag_port: int
+    done: trio.Event
+
+
+async def start_edge(story: Story, nursery: trio.Nursery) -> Edge:
+    """Start node ``node1``, the proxy and a diag endpoint reporting their health."""
+    scope = trio.CancelScope()
+    done = trio.Event()
+    ports: dict[str, Any] = {}
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        HEALTH.set(story.health)  # this task's children report here
+        try:
+            with scope:
+                async with trio.open_nursery() as inner:
+                    node = await inner.start(
+                        lambda task_status: node_service.serve(
+                            node_config(story, "node1"),
+                            task_status=task_status,
+                            heartbeat_interval=0.5,
+                            access_cache_seconds=0.5,
+                            reconnect_max_delay=1.0,
+                        )
+                    )
+                    web = await inner.start(proxy_service.serve, proxy_config(story))
+                    diag = await inner.start(
+                        lambda task_status: serve_diag(
+                            "127.0.0.1",
+                            0,
+                            lambda: {"node": True, "proxy": True},
+                            health=story.health,
+                            task_status=task_status,
+                        )
+                    )
+                    ports.update(node=node[0][1], web=web.web[0][1], diag=diag[0][1])
+                    task_status.started()
+        finally:
+            done.set()
+
+    await nursery.start(run)
+    return Edge(scope, ports["node"], ports["web"], ports["diag"], done)
+
+
+async def stop_edge(edge: Edge) -> None:
+    edge.scope.cancel()
+    await edge.done.wait()
+
+
+async def http_get(port: int, path: str) -> tuple[int, Any]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        reply = await client.get(f"http://127.0.0.1:{port}{path}")
+    try:
+        return reply.status_code, reply.json()
+    except ValueError:
+        return reply.status_code, reply.text
+
+
+async def wait_readyz(port: int, status: int, degraded: int = 0) -> Any:
+    """Poll ``/readyz`` until it answers ``status`` with ``degraded`` parts named
+    (at most 30 s); its body."""
+    for _ in range(300):
+        code, body = await http_get(port, "/readyz")
+        if code == status and len(body.get("degraded", {})) == degraded:
+            return body
+        await trio.sleep(0.1)
+    raise AssertionError(f"/readyz stayed {code}: {body}")
+
+
+async def ssh_banner(port: int) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        return await stream.receive_some(256)
+
+
+def start_auths(auths: list[AuthProcess]) -> None:
+    """Start the auth services at the same moment, then wait for each."""
+    for auth in auths:
+        auth.spawn()
+    for auth in auths:
+        auth.wait_started()
+
+
+def host_ca_lines(auth: AuthProcess) -> list[str]:
+    return sorted((auth.data_dir / "admin" / "known_hosts").read_text().splitlines())
+
+
+async def test_two_auth_services_on_three_etcd_members_survive_failures(
+    tmp_path: Path, etcd: EtcdCluster
+) -> None:
+    prefix = f"/ha-{uuid.uuid4().hex[:8]}"
+    ports = free_ports(2)
+    auths = []
+    for name, port in zip(("auth-a", "auth-b"), ports, strict=True):
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        config = auth_config(tmp_path / f"{name}.yaml", data_dir, port, etcd.peers, prefix)
+        auths.append(AuthProcess(name, port, config, data_dir))
+    story = Story(tmp_path, etcd, auths, Health())
+    try:
+        with trio.fail_after(STORY_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await run_story(story, nursery)
+                nursery.cancel_scope.cancel()
+    finally:
+        for auth in auths:
+            if auth.process is not None:
+                auth.kill()
+
+
+async def run_story(story: Story, nursery: trio.Nursery) -> None:
+    a, b = story.auths
+    etcd = story.etcd
+
+    # 1. Both start at once on an empty etcd: one CA, whoever won the race.
+    await trio.to_thread.run_sync(start_auths, story.auths)
+    assert host_ca_lines(a) == host_ca_lines(b)
+    status_a = await story.admin_call(lambda c: c.status(), on=a)
+    status_b = await story.admin_call(lambda c: c.status(), on=b)
+    assert status_a["authorities"] == status_b["authorities"]
+    assert status_a["ca_pin"] == status_b["ca_pin"]
+    for user in USERS:
+        await story.add_user(user)
+
+    # 2. A node and a proxy listing both auth servers.
+    edge = await start_edge(story, nursery)
+    await story.wait_heartbeat_after("node1", 0)
+    reply = await story.login(edge.web_port, "alice")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["username"] == "alice"
+    assert await http_get(edge.diag_port, "/readyz") == (
+        200,
+        {"ready": True, "services": {"node": True, "proxy": True}},
+    )
+
+    # 3. kill -9 the auth service both are connected to (the first listed).
+    await trio.to_thread.run_sync(a.kill)
+    killed_at = time.time()
+    await trio.sleep(0.2)
+    reply = await story.login(edge.web_port, "bob")
+    assert reply.status_code == 200, reply.text
+    await story.wait_heartbeat_after("node1", killed_at + 0.5)
+    # A new node joins with A listed first and dead: it joins through B.
+    node2_done = trio.Event()
+    node2_scope = trio.CancelScope()
+
+    async def node2(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with node2_scope:
+                await node_service.serve(
+                    node_config(story, "node2"), task_status=task_status, heartbeat_interval=0.5
+                )
+        finally:
+            node2_done.set()
+
+    await nursery.start(node2)
+    await story.wait_heartbeat_after("node2", killed_at)
+    node2_scope.cancel()
+    await node2_done.wait()
+
+    # 4. kill -9 the etcd leader, which is also the member listed first.
+    first = etcd.members[0]
+    await trio.to_thread.run_sync(etcd.make_leader, first)
+    watcher_codes: list[int] = []
+
+    async def watch_readyz(until: trio.Event) -> None:
+        while not until.is_set():
+            watcher_codes.append((await http_get(edge.diag_port, "/readyz"))[0])
+            await trio.sleep(0.1)
+
+    watched = trio.Event()
+    nursery.start_soon(watch_readyz, watched)
+    await trio.sleep(0.3)
+    await trio.to_thread.run_sync(etcd.kill, first)
+    etcd_killed_at = time.time()
+    reply = await story.login(edge.web_port, "carol")
+    assert reply.status_code == 200, reply.text
+    await story.wait_heartbeat_after("node1", etcd_killed_at + 1.0)
+    watched.set()
+    assert watcher_codes and set(watcher_codes) == {200}
+    assert etcd.leader() is not first
+
+    # 5. No auth service at all: the edge says so, and keeps serving SSH.
+    await trio.to_thread.run_sync(b.kill)
+    answer = await wait_readyz(edge.diag_port, 503, degraded=2)
+    degraded = answer["degraded"]
+    assert set(degraded) == {"node: auth", "proxy: auth"}
+    assert all(text.startswith("auth unreachable since 20") for text in degraded.values())
+    assert await http_get(edge.diag_port, "/healthz") == (200, "ok\n")
+    assert (await ssh_banner(edge.node_port)).startswith(b"SSH-2.0-")
+    await trio.to_thread.run_sync(start_auths, [a, b])
+    await wait_readyz(edge.diag_port, 200)
+
+    # 6. Restart everything, the killed etcd member included.
+    await stop_edge(edge)
+    node1_before = (await story.nodes())["node1"]
+    hosts_before = (await story.admin_call(lambda c: c.status()))["counts"]["hosts"]
+    for auth in (a, b):
+        await trio.to_thread.run_sync(auth.stop)
+    await trio.to_thread.run_sync(etcd.stop_all)
+    await trio.to_thread.run_sync(etcd.start_all)
+    await trio.to_thread.run_sync(start_auths, [a, b])
+    assert host_ca_lines(a) == host_ca_lines(b)
+    for auth in (a, b):
+        after = await story.admin_call(lambda c: c.status(), on=auth)
+        assert after["authorities"] == status_a["authorities"]
+        assert after["ca_pin"] == status_a["ca_pin"]
+        assert after["cluster_name"] == CLUSTER
+    users = {u.metadata.name for u in await story.admin_call(lambda c: c.list_users())}
+    assert set(USERS) <= users
+    restart_at = time.time()
+    edge = await start_edge(story, nursery)
+    node1_after = await story.wait_heartbeat_after("node1", restart_at)
+    assert node1_after["host_id"] == node1_before["host_id"]
+    hosts_after = (await story.admin_call(lambda c: c.status()))["counts"]["hosts"]
+    assert hosts_after == hosts_before  # node1 came back as itself: no new join
+    reply = await story.login(edge.web_port, "dave")
+    assert reply.status_code == 200, reply.text
+    await stop_edge(edge)
