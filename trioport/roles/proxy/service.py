@@ -26,23 +26,38 @@ trioport service). In order, it:
 It then calls ``task_status.started(ProxyAddresses(ssh=..., web=...))`` and runs
 until cancelled. Cancelling it closes both ports and every connection through
 them (each user's connection lives in the listener's nursery).
+
+Both ports apply ``teleport.connection_limits``: the SSH port all of them
+(:mod:`trioport.ssh.server`), the HTTPS port the open-connection limits (a
+connection over them is closed at once) and ``rates`` on the endpoints that take
+credentials or tokens.
+
+**Stopping gracefully.** With ``stop`` set, the proxy stops accepting on both
+ports (their sockets close, so new connections are refused), disconnects the SSH
+connections that relay nothing, and lets the others (sessions relayed to nodes)
+run until they end or ``connection_limits.shutdown_timeout`` passes; then it
+disconnects them with the reason "the proxy is shutting down" and returns.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
 
 from trioport.authclient import ClientIdentity, join_cluster
-from trioport.config import Address, Config
+from trioport.config import Address, Config, Rate
 from trioport.errors import ConfigError, KeyFormatError, TrioportError
+from trioport.roles.auth._http import RateLimiter
 from trioport.ssh import ServerLimits
 from trioport.ssh import serve as serve_ssh
+from trioport.ssh.server import CountingListener
 from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto.keys import PrivateKey
 from trioport.tls import ensure_self_signed, file_fingerprint, server_context
@@ -54,7 +69,9 @@ from .web import WebAPI, serve_web
 
 __all__ = [
     "PROXY_DIR",
+    "SHUTDOWN_REASON",
     "ProxyAddresses",
+    "RateLimits",
     "load_or_join",
     "proxy_addresses",
     "serve",
@@ -189,15 +206,25 @@ async def load_or_join(
     return identity
 
 
+#: The DISCONNECT description at the end of a graceful stop.
+SHUTDOWN_REASON = "the proxy is shutting down"
+
+
 def _limits(config: Config) -> ServerLimits:
-    lim = config.teleport.connection_limits
-    return ServerLimits(
-        login_grace=lim.login_grace_time.total_seconds(),
-        max_unauthenticated=lim.max_unauthenticated,
-        max_unauthenticated_per_source=lim.max_unauthenticated_per_source,
-        keepalive_interval=lim.keep_alive_interval.total_seconds(),
-        keepalive_count=lim.keep_alive_count_max,
-    )
+    limits: ServerLimits = config.teleport.connection_limits.server_limits()
+    return limits
+
+
+class RateLimits:
+    """Several per-source token buckets (``connection_limits.rates``); a request
+    must fit in every one of them."""
+
+    def __init__(self, rates: Iterable[Rate]) -> None:
+        self.limiters = [RateLimiter(per_minute=r.per_minute, burst=r.burst) for r in rates]
+
+    def allow(self, source: str) -> bool:
+        """Spend a token of ``source`` in each bucket; False when one is empty."""
+        return all([limiter.allow(source) for limiter in self.limiters])
 
 
 async def _tls_files(config: Config, folder: str) -> tuple[str, str]:
@@ -244,8 +271,11 @@ async def serve(
     task_status: trio.TaskStatus[ProxyAddresses] = trio.TASK_STATUS_IGNORED,
     join_token: str | None = None,
     identity: ClientIdentity | None = None,
+    stop: trio.Event | None = None,
+    shutdown_timeout: float | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> None:
-    """Run the proxy service until cancelled.
+    """Run the proxy service until cancelled (or, with ``stop``, until it has stopped).
 
     Args:
         config: the configuration (``teleport.data_dir``, ``nodename``,
@@ -257,6 +287,10 @@ async def serve(
             ``teleport.auth_token`` on the first start (``trioport run`` makes one
             when it runs auth in the same process).
         identity: a host identity to use instead of ``DATA_DIR/proxy/``.
+        stop: set it to stop gracefully (see the module's docstring).
+        shutdown_timeout: seconds sessions may go on after ``stop``; default
+            ``teleport.connection_limits.shutdown_timeout``.
+        clock: the wall clock, for certificate validity and expiry.
 
     Raises:
         ConfigError: no identity and no token, unreadable files, no auth server.
@@ -285,6 +319,7 @@ async def serve(
     async def current_client() -> object:
         return await link.client()
 
+    lim = config.teleport.connection_limits
     state = ProxyState(
         cluster_name=identity.cluster_name,
         identity=identity,
@@ -293,9 +328,14 @@ async def serve(
         auth_addresses=auth_addresses,
         host_cas=list(identity.host_cas),
         public_addr=config.proxy_service.public_addr,
+        clock=clock,
+        idle_timeout=lim.client_idle_timeout.total_seconds() or None,
     )
     holder.append(state)
     px = config.proxy_service
+    limits = _limits(config)
+    if shutdown_timeout is None:
+        shutdown_timeout = lim.shutdown_timeout.total_seconds()
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
         await _renew(state, addresses, folder)
@@ -303,21 +343,48 @@ async def serve(
         ssl_context = await trio.to_thread.run_sync(server_context, cert_file, key_file)
         host_key = HostKey(state.identity.key, state.identity.certificate.blob)
         ssh_config = ConnectionConfig(
-            role=Role.SERVER, host_keys=[host_key], auth_methods=("publickey",)
+            role=Role.SERVER,
+            host_keys=[host_key],
+            auth_methods=("publickey",),
+            max_channels=lim.max_channels,
         )
         ssh_listeners = await trio.open_tcp_listeners(
             px.listen_addr.port, host=px.listen_addr.host or None
         )
-        web_listeners = await trio.open_tcp_listeners(
-            px.web_listen_addr.port, host=px.web_listen_addr.host or None
-        )
+        web_listeners = [
+            CountingListener(listener, limits)
+            for listener in await trio.open_tcp_listeners(
+                px.web_listen_addr.port, host=px.web_listen_addr.host or None
+            )
+        ]
         ssh_bound = [tuple(sock.socket.getsockname()[:2]) for sock in ssh_listeners]
         web_bound = [tuple(sock.socket.getsockname()[:2]) for sock in web_listeners]
         state.ssh_addr = Address(px.listen_addr.host, int(ssh_bound[0][1]))
         state.web_addr = Address(px.web_listen_addr.host, int(web_bound[0][1]))
-        ssh_addrs = await nursery.start(
-            serve_ssh, ssh_listeners, ssh_config, lambda: ProxySSHHandler(state), _limits(config)
-        )
-        web_addrs = await nursery.start(serve_web, web_listeners, ssl_context, WebAPI(state))
-        log.info("proxy of %s: SSH on %s, HTTPS on %s", state.cluster_name, ssh_addrs, web_addrs)
-        task_status.started(ProxyAddresses(ssh=list(ssh_addrs), web=list(web_addrs)))
+        web_api = WebAPI(state, limiter=RateLimits(lim.rates))  # type: ignore[arg-type]
+        web_addrs = await nursery.start(serve_web, web_listeners, ssl_context, web_api)
+        async with trio.open_nursery() as ssh_nursery:
+            ssh_addrs = await ssh_nursery.start(
+                functools.partial(
+                    serve_ssh,
+                    stop=stop,
+                    shutdown_timeout=shutdown_timeout,
+                    shutdown_reason=SHUTDOWN_REASON,
+                ),
+                ssh_listeners,
+                ssh_config,
+                lambda: ProxySSHHandler(state),
+                limits,
+            )
+            log.info(
+                "proxy of %s: SSH on %s, HTTPS on %s", state.cluster_name, ssh_addrs, web_addrs
+            )
+            task_status.started(ProxyAddresses(ssh=list(ssh_addrs), web=list(web_addrs)))
+            if stop is not None:
+                await stop.wait()
+                log.info("proxy stopping: no new connections on %s or %s", ssh_addrs, web_addrs)
+                for listener in web_listeners:
+                    listener.stop_accepting()
+        # The SSH side has drained (serve_ssh returned): close the rest.
+        log.info("proxy stopped")
+        nursery.cancel_scope.cancel()

@@ -32,6 +32,14 @@ and anything at all for ``ssh -J``, and the node checks the login end to end.
 Plain keys, passwords and certificates of other clusters are refused, each an
 ``auth`` (``T3007W``) audit event. Shells and commands on the proxy itself are
 refused with a message saying how to reach a node instead.
+
+**Expiry and idleness.** Once a user is in, the proxy asks the auth service for
+her roles' options. With ``disconnect_expired_cert`` (or when the auth service
+cannot say: the proxy then fails closed) the connection is disconnected with
+"your certificate has expired" when the certificate's ``valid_before`` passes.
+A connection on which no channel data has moved for the idle timeout (the
+shorter of ``teleport.connection_limits.client_idle_timeout`` and the roles'
+``client_idle_timeout``) is disconnected with "idle timeout: ...".
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from trioport.errors import (
     ChannelOpenError,
     ChannelOpenFailureReason,
     DecodeError,
+    DisconnectReason,
     NotFound,
     TrioportError,
 )
@@ -99,12 +108,17 @@ class ProxyUser:
     remote_addr: str | None
 
 
-async def splice(left: trio.abc.HalfCloseableStream, right: trio.abc.HalfCloseableStream) -> None:
+async def splice(
+    left: trio.abc.HalfCloseableStream,
+    right: trio.abc.HalfCloseableStream,
+    on_data: Callable[[], object] | None = None,
+) -> None:
     """Copy bytes both ways until both sides have said EOF, or either breaks.
 
     EOF is passed on (``send_eof``), so a client that half-closes still gets the
     rest of the answer. Backpressure is end to end: a read waits for the previous
-    write, and an SSH channel's write waits for the peer's window.
+    write, and an SSH channel's write waits for the peer's window. ``on_data`` is
+    called whenever bytes move (the idle timeout's clock).
     """
 
     async def copy(
@@ -112,6 +126,8 @@ async def splice(left: trio.abc.HalfCloseableStream, right: trio.abc.HalfCloseab
     ) -> None:
         try:
             while data := await src.receive_some(COPY_SIZE):
+                if on_data is not None:
+                    on_data()
                 await dst.send_all(data)
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -137,6 +153,12 @@ class ProxySSHHandler(SSHHandler):
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.user: ProxyUser | None = None
+        #: When channel data last moved (trio's clock; set at login).
+        self.last_activity = 0.0
+
+    def touch(self) -> None:
+        """Note that channel data moved now."""
+        self.last_activity = trio.current_time()
 
     # --- authentication --------------------------------------------------------------
 
@@ -195,7 +217,54 @@ class ProxySSHHandler(SSHHandler):
         if request.signature_ok:
             self.user = ProxyUser(result.key_id, request.username, result, _format_peer(conn))
             log.info("%s logged in to the proxy as %r", result.key_id, request.username[:64])
+            self.touch()
+            conn.start_soon(self._enforce, conn, self.user)
         return True
+
+    # --- expiry and idleness ------------------------------------------------------------
+
+    async def _options(self, user: ProxyUser) -> dict[str, object] | None:
+        """The user's role options, or None when the auth service cannot say."""
+        try:
+            client = await self.state.auth()
+            info = await client.access(user.name, labels={})
+        except (TrioportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("cannot fetch the role options of %s: %s", user.name, exc)
+            return None
+        options = info.get("options") if info.get("known") else None
+        return options if isinstance(options, dict) else None
+
+    async def _enforce(self, conn: SSHConnection, user: ProxyUser) -> None:
+        """Disconnect ``conn`` when the certificate expires or it idles too long."""
+        options = await self._options(user)
+        valid_before = user.check.certificate.valid_before
+        role_idle = options.get("client_idle_timeout") if options is not None else None
+        limits = [
+            float(v)
+            for v in (self.state.idle_timeout, role_idle)
+            if isinstance(v, int | float) and v > 0
+        ]
+        async with trio.open_nursery() as nursery:
+            expiring = options is None or options.get("disconnect_expired_cert") is True
+            if expiring and valid_before < 2**63:
+                nursery.start_soon(self._expire, conn, float(valid_before))
+            if limits:
+                nursery.start_soon(self._idle, conn, min(limits))
+
+    async def _expire(self, conn: SSHConnection, valid_before: float) -> None:
+        await trio.sleep(max(0.0, valid_before - self.state.clock()))
+        log.info("%s: the certificate expired", self.user.name if self.user else "?")
+        await conn.disconnect(DisconnectReason.BY_APPLICATION, "your certificate has expired")
+
+    async def _idle(self, conn: SSHConnection, limit: float) -> None:
+        while True:
+            remaining = self.last_activity + limit - trio.current_time()
+            if remaining <= 0:
+                break
+            await trio.sleep(remaining)
+        reason = f"idle timeout: no activity for {limit:g} seconds"
+        log.info("%s: %s", self.user.name if self.user else "?", reason)
+        await conn.disconnect(DisconnectReason.BY_APPLICATION, reason)
 
     # --- channels -------------------------------------------------------------------
 
@@ -223,7 +292,7 @@ class ProxySSHHandler(SSHHandler):
 
             async def pipe(chan: ChannelStream) -> None:
                 async with stream:
-                    await splice(chan, stream)
+                    await splice(chan, stream, self.touch)
 
             return pipe
         raise ChannelOpenError(
@@ -316,7 +385,7 @@ class ProxySSHHandler(SSHHandler):
             await _fail(chan, str(exc))
             return
         async with stream:
-            await splice(chan, stream)
+            await splice(chan, stream, self.touch)
         await _exit(chan, 0)
 
     async def _list_nodes(self, chan: ChannelStream, user: ProxyUser) -> None:
@@ -347,7 +416,7 @@ class ProxySSHHandler(SSHHandler):
                 last = f"cannot reach the auth service at {addr}: {_os_reason(exc)}"
                 continue
             async with stream:
-                await splice(chan, stream)
+                await splice(chan, stream, self.touch)
             await _exit(chan, 0)
             return
         await _fail(chan, last)

@@ -164,6 +164,8 @@ class ProxyState:
         public_addr: where users reach the web endpoint, if configured.
         auth_addresses: the auth servers (the ``trioport-auth`` subsystem dials them).
         clock: the wall clock, for certificate validity.
+        idle_timeout: seconds a logged-in connection may move no channel data
+            before it is disconnected (None: no limit); roles may shorten it.
     """
 
     cluster_name: str
@@ -177,6 +179,7 @@ class ProxyState:
     web_addr: Address | None = None
     public_addr: Address | None = None
     clock: Callable[[], float] = time.time
+    idle_timeout: float | None = None
 
     async def auth(self) -> AuthClient:
         """The auth API client (see :meth:`AuthLink.client`)."""
