@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 import pyotp
-import pytest
 import trio
 
 from tests.e2e.cluster import free_ports
@@ -48,16 +47,6 @@ PASSWORD = "correct horse battery staple"
 USERS = ("alice", "bob", "carol", "dave")
 #: Upper bound for the whole story (it takes well under a minute on a quiet machine).
 STORY_TIMEOUT = 240
-
-
-@pytest.fixture
-def etcd(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cluster = EtcdCluster.create(tmp_path / "etcd")
-    cluster.start_all()
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
 
 
 @attrs.define
