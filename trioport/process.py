@@ -103,9 +103,11 @@ async def run(
 ) -> None:
     """Run the enabled services until cancelled; ``started`` gets their addresses.
 
-    With ``stop``, setting it lets the node stop gracefully (refuse new logins, give
-    running sessions their grace time, then disconnect them with a reason); ``run``
-    returns once the node has stopped, cancelling the other services.
+    With ``stop``, setting it stops the node and the proxy gracefully: the proxy
+    stops accepting, the node refuses new logins, and both give running sessions
+    up to ``teleport.connection_limits.shutdown_timeout``, then disconnect them with
+    a reason. ``run`` returns once both have stopped, cancelling the other services
+    (the auth service last of all, so the node's recordings reach it).
     """
     config = prepare(config)
     started: dict[str, Any] = {}
@@ -122,21 +124,23 @@ async def run(
             started["diag"] = await nursery.start(
                 serve_diag, diag.host, diag.port, lambda: dict(ready)
             )
-        node_stopped = trio.Event()
+        stopped: list[trio.Event] = []
         for name in order:
             if name != "auth" and "auth" in started:
                 config = _with_local_auth(config, started["auth"])
             service = _service(name)
-            if name == "node" and stop is not None:
-                service = functools.partial(_run_then_signal, service, node_stopped, stop=stop)
+            if name in ("node", "proxy") and stop is not None:
+                done = trio.Event()
+                stopped.append(done)
+                service = functools.partial(_run_then_signal, service, done, stop=stop)
             started[name] = await nursery.start(service, config)
             ready[name] = True
             log.info("%s service ready: %s", name, started[name])
         task_status.started(started)
         if stop is not None:
             await stop.wait()
-            if "node" in started:
-                await node_stopped.wait()
+            for done in stopped:
+                await done.wait()
             nursery.cancel_scope.cancel()
 
 

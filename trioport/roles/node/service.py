@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -62,14 +63,8 @@ JOURNAL_DIR = "sessions"
 
 
 def _limits(config: Config) -> ServerLimits:
-    lim = config.teleport.connection_limits
-    return ServerLimits(
-        login_grace=lim.login_grace_time.total_seconds(),
-        max_unauthenticated=lim.max_unauthenticated,
-        max_unauthenticated_per_source=lim.max_unauthenticated_per_source,
-        keepalive_interval=lim.keep_alive_interval.total_seconds(),
-        keepalive_count=lim.keep_alive_count_max,
-    )
+    limits: ServerLimits = config.teleport.connection_limits.server_limits()
+    return limits
 
 
 async def serve(
@@ -77,11 +72,12 @@ async def serve(
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     stop: trio.Event | None = None,
-    shutdown_grace: float = 30.0,
+    shutdown_grace: float | None = None,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     access_cache_seconds: float = FRESH_SECONDS,
     recording_flush_seconds: float = FLUSH_SECONDS,
     reconnect_max_delay: float = 30.0,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     """Run the node service until cancelled (or, with ``stop``, until it has stopped).
 
@@ -96,11 +92,13 @@ async def serve(
             ``auth_service.listen_addr``.
         task_status: see trio's ``nursery.start``.
         stop: set it to stop gracefully (see the module's docstring).
-        shutdown_grace: seconds running sessions get to end after ``stop``.
+        shutdown_grace: seconds running sessions get to end after ``stop``
+            (default ``teleport.connection_limits.shutdown_timeout``).
         heartbeat_interval: seconds between heartbeats.
         access_cache_seconds: seconds an access answer from auth is reused.
         recording_flush_seconds: the longest recorded output waits before upload.
         reconnect_max_delay: the longest wait between reconnects to auth.
+        clock: the wall clock, for certificate validity and expiry.
 
     Raises:
         ConfigError: no join token on the first start, no auth server, bad name.
@@ -141,7 +139,7 @@ async def serve(
             registry=SessionRegistry(),
             reporter=reporter,
             uploader=uploader,
-            clock=time.time,
+            clock=clock,
             idle_timeout=config.teleport.connection_limits.client_idle_timeout.total_seconds()
             or None,
             journal=SessionJournal(os.path.join(config.teleport.data_dir, JOURNAL_DIR)),
@@ -152,7 +150,10 @@ async def serve(
         nursery.start_soon(heartbeat.run)
         nursery.start_soon(reporter.run)
         ssh_config = ConnectionConfig(
-            role=Role.SERVER, host_keys=[identity.host_key], auth_methods=("publickey",)
+            role=Role.SERVER,
+            host_keys=[identity.host_key],
+            auth_methods=("publickey",),
+            max_channels=config.teleport.connection_limits.max_channels,
         )
         async with trio.open_nursery() as ssh_nursery:
             addresses = await ssh_nursery.start(
@@ -170,6 +171,8 @@ async def serve(
             if stop is None:
                 await trio.sleep_forever()
             await stop.wait()
+            if shutdown_grace is None:
+                shutdown_grace = config.teleport.connection_limits.shutdown_timeout.total_seconds()
             await _drain(node, shutdown_grace)
             ssh_nursery.cancel_scope.cancel()
         with trio.move_on_after(UPLOAD_GRACE):
