@@ -7,7 +7,10 @@ import { field, h, message, replace } from "../dom.js";
 export function loginErrorText(err) {
   if (!(err instanceof api.ApiError)) return String(err.message || err);
   if (err.status === 401 || err.status === 403) {
-    return "Wrong user name, password or code. Check them and try again.";
+    return (
+      "Wrong user name, password or code, or an account locked after too many failed " +
+      "attempts. Check them and try again with the next code."
+    );
   }
   if (err.status === 423) {
     return `This account is locked after too many failed attempts: ${err.message}`;
