@@ -21,6 +21,7 @@ import getpass
 import json
 import os
 import shlex
+import shutil
 import signal
 import stat
 import sys
@@ -173,6 +174,11 @@ def _split_login(destination: str, login: str | None, default: str) -> tuple[str
         user, _, node = destination.rpartition("@")
         return login or user, node
     return login or default, destination
+
+
+def _cert_logins(profile: Profile) -> list[str]:
+    """The OS logins the certificate names (its principals)."""
+    return list(profile.certificate.principals) if profile.certificate else []
 
 
 def _default_login(profile: Profile) -> str:
@@ -622,6 +628,7 @@ async def _ssh_one(
         cluster=profile.cluster,
         principal=principal,
         handler=agent,
+        logins=_cert_logins(profile),
     ) as conn:
         async with trio.open_nursery() as nursery:
             for forward, group in zip(forwards, listeners, strict=True):
@@ -729,6 +736,7 @@ async def _fan_out(
                     cluster=profile.cluster,
                     principal=node.host_id,
                     handler=agent,
+                    logins=_cert_logins(profile),
                 ) as conn:
                     statuses[node.host_id] = await _run_prefixed(conn, command, prefix)
             except (TrioportError, trio.BrokenResourceError) as exc:
@@ -768,6 +776,24 @@ def _ssh(args: argparse.Namespace) -> int:
 # --- scp -------------------------------------------------------------------------------------
 
 
+class _ProgressBar:
+    """``tsh scp``'s per-file progress line on a terminal, redrawn in place (``\\r``)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def __call__(self, path: str, done: int, total: int, finished: bool) -> None:
+        now = time.monotonic()
+        start = self.started.setdefault(path, now)
+        width = shutil.get_terminal_size((80, 24)).columns
+        name = os.path.basename(path.rstrip("/")) or path
+        line = transfer.format_progress(name, done, total, now - start, width - 1)
+        sys.stdout.write("\r" + line + ("\n" if finished else ""))
+        sys.stdout.flush()
+        if finished:
+            self.started.pop(path, None)
+
+
 async def _scp_async(args: argparse.Namespace, profile: Profile) -> int:
     *sources, dest = [transfer.parse_location(p) for p in args.paths]
     remote = [loc for loc in (*sources, dest) if loc.remote]
@@ -780,11 +806,7 @@ async def _scp_async(args: argparse.Namespace, profile: Profile) -> int:
     where = remote[0]
     assert where.host is not None
     login = where.login or _default_login(profile)
-    show = sys.stdout.isatty() and not args.quiet
-
-    def progress(path: str, size: int) -> None:
-        if show:
-            _out(f"{path}  {size} bytes")
+    progress = _ProgressBar() if sys.stdout.isatty() and not args.quiet else None
 
     async with (
         _proxy(profile, login) as proxy,
@@ -796,6 +818,7 @@ async def _scp_async(args: argparse.Namespace, profile: Profile) -> int:
             signers=proxy_client.signers_for(profile),
             host_cas=profile.host_cas,
             cluster=profile.cluster,
+            logins=_cert_logins(profile),
         ) as conn,
         open_sftp(conn) as sftp,
     ):

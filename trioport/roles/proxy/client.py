@@ -318,8 +318,9 @@ async def connect_proxy(
         if established:
             raise  # from the caller's block (a node refusing), not the proxy
         raise AuthenticationFailed(
-            f"the proxy at {addr} refused your certificate (expired, or from another"
-            " cluster?): run tsh login"
+            f"the proxy at {addr} refused your certificate: cluster {cluster!r} did not issue"
+            " it, or no longer accepts it (expired, or your user was deleted or locked):"
+            " run tsh login"
         ) from None
     except (ConnectionClosedError, ProtocolError, trio.BrokenResourceError) as exc:
         if established:
@@ -382,6 +383,7 @@ async def connect_node(
     principal: str | None = None,
     handler: SSHHandler | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    logins: Sequence[str] | None = None,
 ) -> AsyncIterator[SSHConnection]:
     """An SSH connection to ``node`` as ``login``, end to end inside the proxy.
 
@@ -393,6 +395,8 @@ async def connect_node(
         principal: the name the node's host certificate must carry (default:
             ``node`` without the ``.cluster`` suffix).
         handler: what to do with channels the node opens (agent forwarding).
+        logins: the certificate's logins (its principals), to say why a refused
+            login was refused.
 
     Raises:
         ProxyRefused: the proxy would not connect us (no such node, access denied,
@@ -442,10 +446,7 @@ async def connect_node(
     except AuthenticationFailed:
         if established:
             raise
-        raise AuthenticationFailed(
-            f"node {node!r} refused login {login!r} with your certificate"
-            " (is the login among those your roles allow? see tsh status)"
-        ) from None
+        raise AuthenticationFailed(_login_refusal(node, login, logins)) from None
     except (ConnectionClosedError, ProtocolError, trio.BrokenResourceError) as exc:
         if established:
             raise
@@ -460,6 +461,25 @@ async def connect_node(
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(chan)
+
+
+def _login_refusal(node: str, login: str, logins: Sequence[str] | None) -> str:
+    """Why a node refused ``login``, as far as the certificate tells."""
+    if logins is None:
+        return (
+            f"node {node!r} refused login {login!r} with your certificate"
+            " (is the login among those your roles allow? see tsh status)"
+        )
+    allowed = [p for p in logins if not p.startswith("-")]
+    if login not in allowed:
+        return (
+            f"node {node!r} refused login {login!r}: it is not among your certificate's"
+            f" logins ({', '.join(allowed) or 'none'}), so no role of yours allows it"
+        )
+    return (
+        f"node {node!r} refused login {login!r}: your certificate has it, but no role of"
+        " yours allows it on a node with this node's labels (or a role denies it)"
+    )
 
 
 def signers_for(profile: Any) -> list[Signer]:

@@ -159,8 +159,10 @@ class Profile:
             )
         except TrioportError as exc:
             if "expired" in str(exc):
+                until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(cert.valid_before))
                 raise NotLoggedIn(
                     f"your certificate for {self.cluster} has expired: run tsh login"
+                    f" --proxy={self.web_addr} to get a new one (it was valid until {until})"
                 ) from None
             raise NotLoggedIn(f"your certificate cannot be used ({exc}): run tsh login") from None
 

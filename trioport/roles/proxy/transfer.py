@@ -12,6 +12,13 @@ source lands inside it under its own name; otherwise there must be exactly one
 source, copied to that name. Directories are copied only with ``recursive``
 (``-r``), keeping the permission bits of files and directories; symbolic links
 are followed on upload and copied as what they point to on download, as scp does.
+
+Progress: a ``progress`` callback hears about each file when it starts, every
+:data:`PROGRESS_INTERVAL` seconds while it is copied, and when it is done. The
+bytes so far are the highest offset written at the far end (the remote file's
+size on upload, the local one's on download): with several reads or writes in
+flight that is a close estimate, and exact at the end. :func:`format_progress`
+makes the line ``tsh scp`` shows on a terminal.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import posixpath
 import re
 import stat
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -28,13 +36,30 @@ import trio
 from trioport.errors import TrioportError
 from trioport.ssh.sftp_client import SFTPClient, SFTPError
 
-__all__ = ["Location", "TransferError", "download", "parse_location", "upload"]
+__all__ = [
+    "PROGRESS_INTERVAL",
+    "Location",
+    "Progress",
+    "TransferError",
+    "download",
+    "format_progress",
+    "human_size",
+    "parse_location",
+    "upload",
+]
 
 #: ``[login@]host:path``; a host may be ``[v6]``. Anything with a ``/`` before the
 #: first ``:`` is a local path, as in scp.
 _REMOTE = re.compile(r"^(?:(?P<login>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^@/:\[\]]+):(?P<path>.*)$")
 
-Progress = Callable[[str, int], Awaitable[None] | None]
+#: Seconds between progress reports while a file is copied.
+PROGRESS_INTERVAL = 0.25
+
+
+class Progress(Protocol):
+    """Told about one file: where it goes, bytes so far, its size, and whether it is done."""
+
+    def __call__(self, path: str, done: int, total: int, finished: bool) -> None: ...
 
 
 class TransferError(TrioportError):
@@ -114,10 +139,12 @@ async def _upload_one(
         return total
     if not stat.S_ISREG(info.st_mode):
         raise TransferError(f"{source}: not a regular file")
-    size = await sftp.put(source, dest)
+
+    async def remote_size() -> int:
+        return (await sftp.stat(dest)).size or 0
+
+    size = await _watched(lambda: sftp.put(source, dest), dest, info.st_size, remote_size, progress)
     await sftp.chmod(dest, info.st_mode & 0o7777)
-    if progress is not None:
-        await _call(progress, dest, size)
     return size
 
 
@@ -170,14 +197,67 @@ async def _download_one(
         return total
     if not stat.S_ISREG(mode):
         raise TransferError(f"{source}: not a regular file on the node")
-    size = await sftp.get(source, dest)
+
+    async def local_size() -> int:
+        return (await trio.Path(dest).stat()).st_size
+
+    size = await _watched(
+        lambda: sftp.get(source, dest), dest, info.size or 0, local_size, progress
+    )
     await trio.to_thread.run_sync(os.chmod, dest, mode & 0o7777)
-    if progress is not None:
-        await _call(progress, dest, size)
     return size
 
 
-async def _call(progress: Progress, path: str, size: int) -> None:
-    result = progress(path, size)
-    if result is not None:
-        await result
+async def _watched(
+    copy: Callable[[], Awaitable[int]],
+    path: str,
+    total: int,
+    probe: Callable[[], Awaitable[int]],
+    progress: Progress | None,
+) -> int:
+    """Run ``copy``, reporting to ``progress`` what ``probe`` says has arrived."""
+    if progress is None:
+        return await copy()
+    progress(path, 0, total, False)
+
+    async def watch() -> None:
+        while True:
+            await trio.sleep(PROGRESS_INTERVAL)
+            try:
+                done = await probe()
+            except (SFTPError, OSError):
+                continue
+            progress(path, min(done, total), total, False)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        size = await copy()
+        nursery.cancel_scope.cancel()
+    progress(path, size, size, True)
+    return size
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_size(n: float) -> str:
+    """``n`` bytes in binary units: ``512 B``, ``3.0 MiB``."""
+    for unit in _UNITS:
+        if n < 1024 or unit == _UNITS[-1]:
+            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_progress(name: str, done: int, total: int, elapsed: float, width: int = 80) -> str:
+    """One progress line: ``name  45%  1.4 MiB / 3.0 MiB  2.1 MiB/s``, fitted to ``width``.
+
+    The name is shortened from the left (keeping its end) when the line is too long.
+    """
+    percent = 100 if total <= 0 else min(100, done * 100 // total)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    right = f"{percent:3d}%  {human_size(done)} / {human_size(total)}  {human_size(rate)}/s"
+    room = max(8, width - len(right) - 3)
+    if len(name) > room:
+        name = "..." + name[-(room - 3) :]
+    return f"{name.ljust(room)}  {right}"
