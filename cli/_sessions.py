@@ -98,27 +98,33 @@ def _profile() -> Profile:
     return profile
 
 
+def _proxy(profile: Profile) -> Any:
+    """The connection to the proxy's SSH port, as the user."""
+    return proxy_client.connect_proxy(
+        profile.ssh_addr,
+        login=profile.user,
+        signers=proxy_client.signers_for(profile),
+        host_cas=profile.host_cas,
+        cluster=profile.cluster,
+    )
+
+
+def _api(proxy: Any, profile: Profile) -> Any:
+    """The auth API through ``proxy``, as the user."""
+    return sc.open_auth_api(
+        proxy,
+        user=profile.user,
+        signers=proxy_client.signers_for(profile),
+        host_cas=profile.host_cas,
+        cluster=profile.cluster,
+    )
+
+
 @asynccontextmanager
-async def _connected(profile: Profile) -> AsyncIterator[tuple[Any, Any]]:
-    """The proxy connection and, through it, the auth API as the user."""
-    signers = proxy_client.signers_for(profile)
-    async with (
-        proxy_client.connect_proxy(
-            profile.ssh_addr,
-            login=profile.user,
-            signers=signers,
-            host_cas=profile.host_cas,
-            cluster=profile.cluster,
-        ) as proxy,
-        sc.open_auth_api(
-            proxy,
-            user=profile.user,
-            signers=signers,
-            host_cas=profile.host_cas,
-            cluster=profile.cluster,
-        ) as api,
-    ):
-        yield proxy, api
+async def _connected(profile: Profile) -> AsyncIterator[Any]:
+    """The auth API, through the proxy, as the user."""
+    async with _proxy(profile) as proxy, _api(proxy, profile) as api:
+        yield api
 
 
 def _err(text: str) -> None:
@@ -129,7 +135,7 @@ def _err(text: str) -> None:
 
 
 async def _list(profile: Profile) -> list[dict[str, Any]]:
-    async with _connected(profile) as (_proxy, api):
+    async with _connected(profile) as api:
         return [sc.session_summary(s) for s in await sc.active_sessions(api)]
 
 
@@ -202,8 +208,9 @@ async def _join_async(args: argparse.Namespace, profile: Profile) -> int:
     sid = sc.check_sid(args.sid)
     cert = profile.certificate
     assert cert is not None
-    async with _connected(profile) as (proxy, api):
-        session = await sc.find_session(api, sid)
+    async with _proxy(profile) as proxy:
+        async with _api(proxy, profile) as api:
+            session = await sc.find_session(api, sid)
         spec = session.spec
         if spec.state != "active":
             raise TrioportError(f"session {sid} has ended; replay it with: tsh play {sid}")
@@ -339,7 +346,7 @@ async def _play_async(args: argparse.Namespace, profile: Profile) -> int:
                 await sink.write(frame.data, frame.stream)
 
     try:
-        async with _connected(profile) as (_proxy, api):
+        async with _connected(profile) as api:
             async for piece in sc.recording_pieces(api, sid):
                 try:
                     events = decoder.feed(piece)

@@ -45,6 +45,7 @@ from trioport.resources import Session
 from trioport.ssh import ChannelStream, Signer, SSHConnection, authenticate, open_ssh
 from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
+from trioport.sshproto.keys import PublicKey
 
 from .client import CONNECT_TIMEOUT, ProxyRefused
 from .ssh_proxy import SUBSYSTEM_AUTH
@@ -95,7 +96,7 @@ async def open_auth_api(
     *,
     user: str,
     signers: Sequence[Signer],
-    host_cas: Sequence[Any],
+    host_cas: Sequence[PublicKey],
     cluster: str,
     connect_timeout: float = CONNECT_TIMEOUT,
 ) -> AsyncIterator[AuthClient]:
