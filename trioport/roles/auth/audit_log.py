@@ -78,7 +78,27 @@ __all__ = [
     "SESSION_UPLOAD",
     "SFTP",
     "SFTP_FAILURE",
+    "SFTP_FSETSTAT",
+    "SFTP_FSETSTAT_FAILURE",
+    "SFTP_LINK",
+    "SFTP_LINK_FAILURE",
+    "SFTP_MKDIR",
+    "SFTP_MKDIR_FAILURE",
+    "SFTP_OPEN",
+    "SFTP_OPENDIR",
+    "SFTP_OPENDIR_FAILURE",
+    "SFTP_OPEN_FAILURE",
+    "SFTP_REMOVE",
+    "SFTP_REMOVE_FAILURE",
+    "SFTP_RENAME",
+    "SFTP_RENAME_FAILURE",
+    "SFTP_RMDIR",
+    "SFTP_RMDIR_FAILURE",
+    "SFTP_SETSTAT",
+    "SFTP_SETSTAT_FAILURE",
     "SFTP_SUMMARY",
+    "SFTP_SYMLINK",
+    "SFTP_SYMLINK_FAILURE",
     "SUBSYSTEM",
     "SUBSYSTEM_FAILURE",
     "USER_CREATE",
@@ -138,9 +158,35 @@ SCP_DOWNLOAD = EventCode("scp", "T3004I")
 SCP_UPLOAD = EventCode("scp", "T3005I")
 CLIENT_DISCONNECT = EventCode("client.disconnect", "T3006I")
 AUTH_ATTEMPT_FAILURE = EventCode("auth", "T3007W")
-#: Teleport gives each SFTP operation its own TS0xx code; TS001 is "open".
-SFTP = EventCode("sftp", "TS001I")
-SFTP_FAILURE = EventCode("sftp", "TS001E")
+#: Teleport gives each SFTP operation its own TS0xx code, numbered in the order of
+#: the SFTP packet types (open, close, read, write, lstat, fstat, setstat, fsetstat,
+#: opendir, readdir, remove, mkdir, rmdir, realpath, stat, rename, readlink,
+#: symlink, link); E instead of I when the operation failed. The node audits those
+#: that open or change something (``trioport.roles.node.sftp_audit``).
+SFTP_OPEN = EventCode("sftp", "TS001I")
+SFTP_OPEN_FAILURE = EventCode("sftp", "TS001E")
+SFTP_SETSTAT = EventCode("sftp", "TS007I")
+SFTP_SETSTAT_FAILURE = EventCode("sftp", "TS007E")
+SFTP_FSETSTAT = EventCode("sftp", "TS008I")
+SFTP_FSETSTAT_FAILURE = EventCode("sftp", "TS008E")
+SFTP_OPENDIR = EventCode("sftp", "TS009I")
+SFTP_OPENDIR_FAILURE = EventCode("sftp", "TS009E")
+SFTP_REMOVE = EventCode("sftp", "TS011I")
+SFTP_REMOVE_FAILURE = EventCode("sftp", "TS011E")
+SFTP_MKDIR = EventCode("sftp", "TS012I")
+SFTP_MKDIR_FAILURE = EventCode("sftp", "TS012E")
+SFTP_RMDIR = EventCode("sftp", "TS013I")
+SFTP_RMDIR_FAILURE = EventCode("sftp", "TS013E")
+SFTP_RENAME = EventCode("sftp", "TS016I")
+SFTP_RENAME_FAILURE = EventCode("sftp", "TS016E")
+SFTP_SYMLINK = EventCode("sftp", "TS018I")
+SFTP_SYMLINK_FAILURE = EventCode("sftp", "TS018E")
+SFTP_LINK = EventCode("sftp", "TS019I")
+SFTP_LINK_FAILURE = EventCode("sftp", "TS019E")
+#: The earlier names of the open codes.
+SFTP = SFTP_OPEN
+SFTP_FAILURE = SFTP_OPEN_FAILURE
+#: Bytes read and written per file, when an SFTP session ends.
 SFTP_SUMMARY = EventCode("sftp_summary", "TS021I")
 RESET_PASSWORD_TOKEN_CREATE = EventCode("reset_password_token.create", "T6000I")
 #: Teleport's ProvisionTokenCreateCode (T7000I is trusted_cluster.create).

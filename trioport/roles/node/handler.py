@@ -20,8 +20,10 @@ that signed (CVE-2024-45337's lesson).
 **Channels.** ``session`` channels run a shell, a command or a subsystem as the OS
 login (:mod:`.shell`); ``direct-tcpip`` (``ssh -L``) connects to the requested
 address only when the certificate has ``permit-port-forwarding`` and the user's
-roles allow port forwarding, each attempt a ``port`` audit event. Nothing else is
-accepted (no X11, no ``tcpip-forward``).
+roles allow port forwarding, each attempt a ``port`` audit event (with the
+forwarded ``addr``). Nothing else is accepted (no X11, no ``tcpip-forward``).
+The SFTP server of a session channel reports each operation as an ``sftp``
+audit event through the sink this handler gives it (:mod:`.sftp_audit`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -49,6 +52,7 @@ from trioport.sshproto.certs import Certificate, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
 from .context import ActivityChannel, Login, NodeContext, address_of, idle_limit, watch_idle
+from .sftp_audit import AUDIT_SINK, AuditSink
 from .shell import serve_session_channel
 
 __all__ = ["NodeSSHHandler"]
@@ -176,7 +180,15 @@ class NodeSSHHandler(SSHHandler):
                 ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, "not logged in"
             )
         if request.kind == "session":
-            return lambda chan: serve_session_channel(self.node, conn, chan, login)
+
+            async def session(chan: ChannelStream) -> None:
+                token = AUDIT_SINK.set(self._sftp_sink(login))
+                try:
+                    await serve_session_channel(self.node, conn, chan, login)
+                finally:
+                    AUDIT_SINK.reset(token)
+
+            return session
         if request.kind == "direct-tcpip":
             return await self._direct_tcpip(login, request)
         raise ChannelOpenError(
@@ -184,11 +196,21 @@ class NodeSSHHandler(SSHHandler):
             f"{request.kind} channels are not allowed on this node",
         )
 
+    def _sftp_sink(self, login: Login) -> AuditSink:
+        """Where the SFTP server of this login's session channel reports (:mod:`.sftp_audit`)."""
+        reporter, hostname = self.node.reporter, self.node.hostname
+
+        def emit(code: audit_log.EventCode, fields: dict[str, Any]) -> None:
+            reporter.emit(code, **login.audit_fields(), server_hostname=hostname, **fields)
+
+        return emit
+
     async def _direct_tcpip(
         self, login: Login, request: ev.ChannelOpen
     ) -> Callable[[ChannelStream], Awaitable[None]]:
         target = str(Address(request.host, request.port))
         reporter = self.node.reporter
+        where = {"server_hostname": self.node.hostname}
         reason = None
         if not login.certificate.permit_port_forwarding:
             reason = "your certificate does not permit port forwarding"
@@ -198,6 +220,7 @@ class NodeSSHHandler(SSHHandler):
             reporter.emit(
                 audit_log.PORT_FORWARD_FAILURE,
                 **login.audit_fields(),
+                **where,
                 success=False,
                 error=reason,
                 addr=target,
@@ -211,12 +234,15 @@ class NodeSSHHandler(SSHHandler):
             reporter.emit(
                 audit_log.PORT_FORWARD_FAILURE,
                 **login.audit_fields(),
+                **where,
                 success=False,
                 error=why,
                 addr=target,
             )
             raise ChannelOpenError(ChannelOpenFailureReason.CONNECT_FAILED, why) from None
-        reporter.emit(audit_log.PORT_FORWARD, **login.audit_fields(), success=True, addr=target)
+        reporter.emit(
+            audit_log.PORT_FORWARD, **login.audit_fields(), **where, success=True, addr=target
+        )
         log.info("%s forwards a connection to %s", login.user, target)
 
         async def relay(chan: ChannelStream) -> None:

@@ -18,6 +18,10 @@ A protocol violation ends the session with exit status 2.
 
 Paths are bytes and resolve as the login would see them: relative paths from its
 start directory (by default its home), absolute paths from ``/`` (or the chroot).
+
+When the node serves the session, each operation that opens or changes a file is
+an ``sftp`` audit event and the bytes moved per file an ``sftp_summary``:
+:mod:`.sftp_audit` watches the bytes the parent copies (never the child's word).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -42,6 +47,9 @@ from ...ssh.channel import ChannelStream
 from ...sshproto import events as ev
 from ...sshproto import sftp
 from ...sshproto.sftp import Attrs, NameEntry, Status, StatusCode
+
+if TYPE_CHECKING:
+    from .sftp_audit import AuditSink
 
 __all__ = ["MAX_HANDLES", "SftpIdentity", "main", "resolve_identity", "serve_sftp"]
 
@@ -592,6 +600,9 @@ async def serve_sftp(
     protocol violation, 1 if it could not start: an unknown login, a chroot that
     fails) and sends EOF; the caller closes the channel. Never raises for the
     client's or the login's sake.
+
+    When :data:`~.sftp_audit.AUDIT_SINK` holds a sink (the node sets it for each
+    session channel), the session's operations are reported to it as audit events.
     """
     argv = [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_PARENT, "--umask", oct(umask)]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -626,10 +637,18 @@ async def serve_sftp(
         await _end(chan, 1, "sftp: cannot start the server\r\n")
         return
     assert process.stdin and process.stdout and process.stderr
+    # Imported here: the child imports this module too, and needs none of it.
+    from .sftp_audit import AUDIT_SINK, SftpAuditor
+
+    sink = AUDIT_SINK.get()
+    start_dir = cwd or (ident.home if user is not None else os.environ.get("HOME")) or "/"
+    auditor = SftpAuditor(start_dir) if sink is not None else None
 
     async def to_child() -> None:
         try:
             while data := await chan.receive_some(65536):
+                if auditor is not None:
+                    _report(sink, auditor.client_data(data))
                 await process.stdin.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the child exited (a protocol error) or the channel went away
@@ -639,6 +658,8 @@ async def serve_sftp(
     async def from_child() -> None:
         try:
             while data := await process.stdout.receive_some(65536):
+                if auditor is not None:
+                    _report(sink, auditor.server_data(data))
                 await chan.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             process.kill()  # nobody is listening any more
@@ -663,8 +684,20 @@ async def serve_sftp(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+        if auditor is not None and (summary := auditor.summary()) is not None:
+            _report(sink, [summary])
     code = process.returncode
     await _end(chan, code if code >= 0 else 128 - code)
+
+
+def _report(sink: AuditSink | None, events: list[tuple[Any, dict[str, Any]]]) -> None:
+    if sink is None:
+        return
+    for code, fields in events:
+        try:
+            sink(code, fields)
+        except Exception:  # an audit sink's bug must not end the user's session
+            log.exception("sftp: cannot report %s", code)
 
 
 async def _end(chan: ChannelStream, status: int, message: str = "") -> None:
