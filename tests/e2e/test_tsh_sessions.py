@@ -153,7 +153,12 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
             finally:
                 owner.close()
                 seen["owner_status"] = owner.exitstatus
-            seen["after"] = _tsh(cluster, bob, "sessions").stdout
+            _wait_for(
+                "the session to end",
+                lambda: _tsh(cluster, bob, "sessions").stdout.strip() == "No active sessions.",
+            )
+            ended = _tsh(cluster, bob, "join", sid)
+            seen["ended"] = (ended.returncode, ended.stderr)
 
             def replayed() -> subprocess.CompletedProcess[str] | None:
                 done = _tsh(cluster, alice, "play", sid, "--format=text")
@@ -212,7 +217,8 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
     assert seen["left_status"] == 0  # Ctrl-] left without ending anything
     assert seen["owner_status"] == 3
     assert seen["joiner_status"] == 3  # the joined party gets the session's exit status
-    assert "No active sessions." in seen["after"]
+    status, message = seen["ended"]
+    assert status == 1 and f"session {sid} has ended; replay it with: tsh play {sid}" in message
 
     for replay in (seen["text"], seen["pty"].stdout):
         for marker in ("MARK42", "FROM-A-2", "FROM-B-4", "STILL-6"):
