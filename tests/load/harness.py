@@ -105,6 +105,15 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` (shared pages split among the processes sharing them)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def thread_count(pid: int) -> int:
     return int(_status(pid)["Threads"])
 
@@ -255,6 +264,9 @@ class Login:
     name: str
     signers: list[Signer]
     host_cas: list[PublicKey]
+    #: The key and its certificate (to write a tsh profile with).
+    key: PrivateKey | None = None
+    certificate: Any = None
 
 
 async def login(server: Server, name: str = "loader") -> Login:
@@ -283,6 +295,8 @@ async def login(server: Server, name: str = "loader") -> Login:
         name,
         [KeySigner(key, certificate=cert.blob)],
         [public_key_from_line(line) for line in reply["host_ca"]],
+        key,
+        cert,
     )
 
 
@@ -431,9 +445,11 @@ async def interactive_sessions(
         await all_open.wait()
         opened_in = time.perf_counter() - t0
         held = await trio.to_thread.run_sync(server.resources)
+        children_pss = sum(pss_bytes(p) for p in descendants(server.pid))
     after = await settle(server, baseline, ("fds", "children", "open_connections"))
     return {
         "sessions": sessions,
+        "children_pss_per_session": children_pss / max(1, phase.opened),
         "opened": phase.opened,
         "errors": phase.errors,
         "exit_statuses_zero": sum(1 for s in statuses if s == 0),
