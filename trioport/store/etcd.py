@@ -561,8 +561,10 @@ class EtcdBackend:
         A call that is safe to repeat (:data:`_IDEMPOTENT`: reads, puts, leases) and
         failed after it was sent, or that etcd refused because it had no leader, is
         tried again on the next peer, for at most :data:`_RETRY_ROUNDS` rounds over
-        the peers: a member that dies mid-request or a leader election is then not
-        seen by the caller. Any other call raises at once.
+        the peers and at most ``request_timeout`` seconds of retrying: a member that
+        dies mid-request or a leader election is then not seen by the caller, and
+        an etcd without quorum is reported within about twice ``request_timeout``.
+        Any other call raises at once.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -570,7 +572,10 @@ class EtcdBackend:
         retry = path in _IDEMPOTENT
         failures: list[str] = []
         delay = _BACKOFF_MIN
+        give_up_at = trio.current_time() + self.request_timeout
         for attempt in range(len(self.peers) * _RETRY_ROUNDS):
+            if attempt and trio.current_time() > give_up_at:
+                break
             if attempt and attempt % len(self.peers) == 0:
                 await trio.sleep(delay)  # a whole round failed: let an election finish
                 delay = min(delay * 4, _BACKOFF_MAX)
