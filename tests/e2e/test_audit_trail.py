@@ -248,7 +248,7 @@ def test_a_command_is_a_session_with_its_start_end_and_exec_events(work: Work) -
 
 def test_a_terminal_session_records_its_size_and_term(work: Work) -> None:
     start = _one(
-        [e for e in events(work.cluster, "session.start") if e["sid"] == work.random_sid],
+        wait_for(work.cluster, "session.start", lambda e: e["sid"] == work.random_sid),
         "the random session's start",
     )
     _on_the_node(start, work)
