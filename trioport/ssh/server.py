@@ -290,7 +290,7 @@ async def handle(
                 on_connection(conn)
             if refusal is not None:
                 log.info("refusing %s: %s", source, refusal)
-                await conn.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS, refusal)
+                await _refuse(conn, stream, refusal)
                 return
             if gate is not None:
                 gate.connections[conn] = channels
@@ -329,6 +329,37 @@ async def handle(
             if open_counted:
                 gate.release_connection(source)
         await trio.aclose_forcefully(stream)
+
+
+async def _refuse(conn: SSHConnection, stream: trio.abc.Stream, reason: str) -> None:
+    """Send DISCONNECT (too many connections), then close lingeringly.
+
+    The client has sent its KEXINIT already; closing a socket with unread bytes
+    makes the kernel send a reset that can overtake the DISCONNECT, and the client
+    would see "connection reset" instead of the reason.
+    """
+    try:
+        conn.core_send(
+            ev.Disconnect(code=DisconnectReason.TOO_MANY_CONNECTIONS, description=reason)
+        )
+        with trio.move_on_after(2):
+            await conn.flush()
+            await conn.wait_closed()
+    except (TrioportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    with trio.move_on_after(1):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while await stream.receive_some(65536):
+                pass
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            pass
 
 
 async def _wait_authenticated(conn: SSHConnection) -> None:
