@@ -25,9 +25,9 @@ from .peer import HostilePeer
 from .test_limits import _exited
 
 PROTOCOL_ERROR = DisconnectReason.PROTOCOL_ERROR
-#: The server's defaults (ConnectionConfig): 2 MiB window, 32 KiB max packet, 100 channels.
+#: The server's defaults (ConnectionConfig): 2 MiB window, 128 KiB max packet, 100 channels.
 WINDOW = 2 * 1024 * 1024
-MAX_PACKET = 32768
+MAX_PACKET = 128 * 1024
 MAX_CHANNELS = 100
 
 

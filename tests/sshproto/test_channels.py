@@ -118,8 +118,14 @@ def test_data_larger_than_max_packet_is_refused_locally() -> None:
     pair.client.send(ev.ChannelData(channel=cid, data=b"x" * 4096))
 
 
-def test_max_packet_is_capped_at_32_kib() -> None:
+def test_max_packet_is_capped_at_128_kib() -> None:
     pair = _pair(server={"max_packet": 200_000})
+    cid, _ = pair.open_session()
+    assert pair.client.max_packet(cid) == 128 * 1024
+
+
+def test_a_peer_advertising_openssh_s_32_kib_gets_32_kib_packets() -> None:
+    pair = _pair(server={"max_packet": 32768})
     cid, _ = pair.open_session()
     assert pair.client.max_packet(cid) == 32768
 

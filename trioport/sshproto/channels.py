@@ -49,7 +49,7 @@ __all__ = ["MAX_SEND_PACKET", "MAX_WINDOW", "Channel", "Channels"]
 
 #: The most data we put in one CHANNEL_DATA, whatever the peer advertises: 32 KiB is
 #: what OpenSSH uses for its own channels and what every implementation accepts.
-MAX_SEND_PACKET = 32768
+MAX_SEND_PACKET = 128 * 1024
 #: A window is a uint32 (RFC 4254 §5.2).
 MAX_WINDOW = 2**32 - 1
 

@@ -141,7 +141,7 @@ class ConnectionConfig:
     auth_methods: Sequence[str] = ("publickey",)
     pubkey_algorithms: Sequence[str] = DEFAULT_PUBKEY_ALGORITHMS
     window_size: int = 2 * 1024 * 1024
-    max_packet: int = 32768
+    max_packet: int = 128 * 1024
     max_channels: int = 100
     banner: str | None = None
     server_sig_algs: Sequence[str] | None = field(default=None)
