@@ -164,8 +164,13 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def sshd_idle(count: int, work: pathlib.Path) -> dict[str, Any]:
-    """``count`` idle ``ssh -N`` connections held against one sshd: PSS per connection."""
+def sshd_idle(count: int, work: pathlib.Path, *, session: bool = False) -> dict[str, Any]:
+    """``count`` idle ``ssh -N`` connections held against one sshd: PSS per connection.
+
+    With ``session``, each is ``ssh -tt HOST cat`` instead (a pty session running
+    ``cat``, what the trioport sessions scenario holds): PSS per session, sshd's
+    processes, the login shell and ``cat`` included.
+    """
     import peers
 
     from tests.load.harness import descendants
@@ -198,19 +203,25 @@ def sshd_idle(count: int, work: pathlib.Path) -> dict[str, Any]:
         argv = [
             benchlib.SSH,
             *benchlib.ssh_options(key.path),
-            "-N",
+            *(["-tt"] if session else ["-N"]),
             "-p",
             str(server.port),
             f"{peers.BENCH_USER}@{benchlib.HOST}",
+            *(["cat"] if session else []),
         ]
+        # A session's stdin stays open (a pipe nobody writes to) so cat waits.
+        stdin = subprocess.PIPE if session else subprocess.DEVNULL
+        expected = (4 if session else 2) * count
         for _ in range(count):
             clients.append(
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(
+                    argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
             )
             if len(clients) % 8 == 0:
                 time.sleep(0.2)  # stay under MaxStartups
         deadline = time.monotonic() + 120
-        while len(per_connection()) < 2 * count and time.monotonic() < deadline:
+        while len(per_connection()) < expected and time.monotonic() < deadline:
             if all(c.poll() is not None for c in clients):
                 break
             time.sleep(0.2)
@@ -220,6 +231,7 @@ def sshd_idle(count: int, work: pathlib.Path) -> dict[str, Any]:
         rss = sum(_rss(p) for p in kids)
         alive = sum(1 for c in clients if c.poll() is None)
         return {
+            "kind": "pty session running cat" if session else "idle connection",
             "connections": count,
             "clients_alive": alive,
             "sshd_processes": len(kids),
@@ -230,6 +242,8 @@ def sshd_idle(count: int, work: pathlib.Path) -> dict[str, Any]:
     finally:
         for c in clients:
             c.terminate()
+            if c.stdin is not None:
+                c.stdin.close()
         for c in clients:
             try:
                 c.wait(10)
@@ -259,6 +273,10 @@ def _mb(n: float | None) -> str:
 
 def _kb(n: float | None) -> str:
     return "—" if n is None else f"{n / 1024:.0f} KiB"
+
+
+def _signed_mb(n: float | None) -> str:
+    return "—" if n is None else f"{n / MiB:+.1f} MiB"
 
 
 def _ms(x: float | None) -> str:
@@ -305,7 +323,8 @@ def render(doc: dict[str, Any]) -> str:
                 f" 20 keys | held {s['opened']}, errors {_errors(s)}, {s['keystrokes']} echoes;"
                 f" echo p50 {_ms(e['p50'])} ms, p90 {_ms(e['p90'])} ms, **p99 {_ms(e['p99'])} ms**;"
                 f" server memory **{_kb(s['rss_per_session'])} per session**"
-                f" ({_mb(s['baseline']['rss'])} → {_mb(s['held']['rss'])});"
+                f" ({_mb(s['baseline']['rss'])} → {_mb(s['held']['rss'])}), plus"
+                f" {_kb(s.get('children_pss_per_session'))} PSS of its `cat` process;"
                 f" opened in {s['open_seconds']:.1f} s |"
             )
     i = doc.get("idle")
@@ -321,14 +340,19 @@ def render(doc: dict[str, Any]) -> str:
                 f" {_mb(i['after']['rss'])}); after close:"
                 f" {_resources(i['baseline'], i['after'])} |"
             )
-    o = doc.get("sshd_idle")
-    if o:
+    for key, what in (
+        ("sshd_idle", "idle `ssh -N` connections"),
+        ("sshd_sessions", "pty sessions running cat (`ssh -tt HOST cat`)"),
+    ):
+        o = doc.get(key)
+        if not o:
+            continue
         if "error" in o:
-            lines.append(f"| OpenSSH sshd, idle connections | failed: {o['error']} |")
+            lines.append(f"| OpenSSH sshd, {what} | failed: {o['error']} |")
         else:
             lines.append(
-                f"| OpenSSH sshd, {o['connections']} idle `ssh -N` connections"
-                f" | {o['clients_alive']} held, {o['sshd_processes']} sshd processes;"
+                f"| OpenSSH sshd, {o['connections']} {what}"
+                f" | {o['clients_alive']} held, {o['sshd_processes']} processes under sshd;"
                 f" **{_kb(o['pss_per_connection'])} PSS per connection**"
                 f" ({_kb(o['rss_per_connection'])} RSS) |"
             )
@@ -339,8 +363,8 @@ def render(doc: dict[str, Any]) -> str:
         else:
             lines.append(
                 f"| `yes` into a client that stopped reading, {st['seconds']:.0f} s"
-                f" | server RSS +{_mb(st['rss_growth'])} in all,"
-                f" +{_mb(st['rss_growth_last_two_thirds'])} after the first third;"
+                f" | server RSS {_signed_mb(st['rss_growth'])} in all,"
+                f" {_signed_mb(st['rss_growth_last_two_thirds'])} after the first third;"
                 f" the other session echoed {st['echoes']} keys (p99"
                 f" {_ms(st['echo_ms']['p99'])} ms), errors {_errors(st)} |"
             )
@@ -357,7 +381,7 @@ def render(doc: dict[str, Any]) -> str:
                 f" exit 0: {c['exit_statuses_zero']}, audit `exec` events {c['exec_events']};"
                 f" {c['cycles_per_second']:.1f} cycles/s; server RSS"
                 f" {_mb(c['baseline']['rss'])} → {_mb(c['after']['rss'])}"
-                f" (+{_mb(growth)} from the first to the last twentieth); at the end:"
+                f" ({_signed_mb(growth)} from the first to the last twentieth); at the end:"
                 f" {_resources(c['baseline'], c['after'])} |"
             )
     for backend, n in (doc.get("nodes") or {}).items():
@@ -448,6 +472,10 @@ def run(args: argparse.Namespace, work: pathlib.Path) -> dict[str, Any]:
         out["sshd_idle"] = _attempt(
             f"{args.sshd_idle} idle OpenSSH connections",
             lambda: sshd_idle(args.sshd_idle, work / "sshd"),
+        )
+        out["sshd_sessions"] = _attempt(
+            f"{args.sshd_idle} OpenSSH pty sessions",
+            lambda: sshd_idle(args.sshd_idle, work / "sshd-sessions", session=True),
         )
     return out
 
