@@ -240,7 +240,8 @@ async def _join_async(args: argparse.Namespace, profile: Profile) -> int:
             chan = await sc.open_join_channel(
                 conn, sid, term=os.environ.get("TERM", "xterm"), width=cols, height=rows
             )
-            _err(f"Joined session {sid} of {spec.user} ({spec.login}@{where}). Ctrl-] leaves it.\r")
+            owner = f"{spec.user} ({spec.login}@{where})"
+            _err(f"Joining session {sid} of {owner}. Ctrl-] leaves it.\r")
             out, err = tsh._Fd(1), tsh._Fd(2)
             inp = _LeaveOnEscape(tsh._Fd(0))
             try:

@@ -113,7 +113,7 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
 
                 joiner = _spawn(cluster, bob, "join", sid)
                 try:
-                    joiner.expect(f"Joined session {sid}")
+                    joiner.expect(f"Joining session {sid}")
                     # Once the auth service lists bob as a party, the node sends him output.
                     _wait_for("bob to be a party", lambda: "bob" in listed()[0]["parties"])
                     seen["parties"] = listed()[0]["parties"]
@@ -142,7 +142,7 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
 
                 joiner = _spawn(cluster, bob, "join", sid)  # again, until the end
                 try:
-                    joiner.expect(f"Joined session {sid}")
+                    joiner.expect(f"Joining session {sid}")
                     _wait_for("bob to be back", lambda: "bob" in listed()[0]["parties"])
                     owner.sendline("exit 3")
                     owner.expect(pexpect.EOF)
