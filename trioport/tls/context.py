@@ -18,10 +18,20 @@ What the recommendations ask, and where each is done here:
   (``CERT_REQUIRED`` + ``check_hostname``); turning that off is an explicit,
   visible choice (``insecure=True``, ``tsh --insecure``).
 - §3.7: ALPN names the application protocol (``http/1.1``).
+- Key exchange groups: X25519, P-256 and P-384 only (:data:`GROUPS`, what
+  Mozilla's "intermediate" profile lists); OpenSSL would otherwise also offer
+  X448, P-521 and finite-field groups. Python's ``ssl`` has no call for a group
+  list before 3.15, so :func:`_set_groups` asks OpenSSL directly through the
+  context's own ``SSL_CTX``, after checking that the pointer it found is that
+  context's (its options must read back the same); if anything does not match
+  it falls back to ``set_ecdh_curve("prime256v1")``: P-256 alone, still within
+  the profile, at the cost of a HelloRetryRequest for X25519-only clients.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import ssl
 
@@ -41,6 +51,43 @@ TLS12_CIPHERS = ":".join(
 ALPN_PROTOCOLS = ["http/1.1"]
 
 _COMMON_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+#: (EC)DHE groups offered and accepted, strongest-first by preference.
+GROUPS = "X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL's ssl.h; SSL_CTX_set1_groups_list is a macro
+
+log = logging.getLogger("trioport.tls")
+
+
+def _libssl() -> ctypes.CDLL | None:
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        return lib
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+def _set_groups(ctx: ssl.SSLContext, groups: str = GROUPS) -> bool:
+    """Limit ``ctx``'s key exchange groups to ``groups``; False if it fell back to P-256."""
+    lib = _libssl()
+    if lib is not None:
+        # CPython's context object holds its SSL_CTX * right after the object header.
+        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        probe = ssl.OP_NO_COMPRESSION
+        if ptr and lib.SSL_CTX_get_options(ptr) == ctx.options:
+            ctx.options ^= probe  # a second, different reading must match too
+            same = lib.SSL_CTX_get_options(ptr) == ctx.options
+            ctx.options ^= probe
+            if same and lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()):
+                return True
+    log.info("cannot set the TLS groups to %s here; offering P-256 only", groups)
+    ctx.set_ecdh_curve("prime256v1")
+    return False
 
 
 def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
@@ -48,6 +95,7 @@ def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= _COMMON_OPTIONS
     ctx.set_alpn_protocols(ALPN_PROTOCOLS)
+    _set_groups(ctx)
     return ctx
 
 

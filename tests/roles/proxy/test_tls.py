@@ -15,6 +15,7 @@ from cryptography import x509
 from trioport.errors import ConfigError
 from trioport.tls import client_context, ensure_self_signed, file_fingerprint, server_context
 from trioport.tls.certs import RENEW_BEFORE, SELF_SIGNED_LIFETIME
+from trioport.tls.context import _set_groups
 
 NAMES = ["proxy.example.test", "localhost", "127.0.0.1", "::1", "0.0.0.0"]
 
@@ -163,3 +164,25 @@ def test_contexts_follow_rfc_9325() -> None:
     assert ctx.options & ssl.OP_NO_COMPRESSION and ctx.options & ssl.OP_NO_RENEGOTIATION
     tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
     assert tls12 and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA" in n) for n in tls12)
+
+
+@pytest.mark.parametrize("group", ["X25519", "P-256", "P-384"])
+async def test_the_profile_s_key_exchange_groups_are_accepted(
+    server: tuple[ssl.SSLContext, str], group: str
+) -> None:
+    ctx, cert = server
+    client = client_context(cafile=cert)
+    assert _set_groups(client, group)
+    stream = await _handshake(ctx, client)
+    assert stream.version() == "TLSv1.3"
+
+
+@pytest.mark.parametrize("group", ["X448", "P-521", "ffdhe2048"])
+async def test_groups_outside_mozilla_s_intermediate_profile_are_refused(
+    server: tuple[ssl.SSLContext, str], group: str
+) -> None:
+    ctx, cert = server
+    client = client_context(cafile=cert)
+    assert _set_groups(client, group)
+    with pytest.raises(trio.BrokenResourceError):
+        await _handshake(ctx, client)
