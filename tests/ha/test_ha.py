@@ -13,7 +13,8 @@ both auth servers. The story, in order:
    talks to first): nothing is noticed: logins work at the first try,
    heartbeats go on, ``/readyz`` stays 200 throughout.
 5. Both auth services down: ``/readyz`` answers 503 "auth unreachable since ...",
-   ``/healthz`` 200, and the node still answers SSH; with auth back, 200 again.
+   ``/healthz`` 200; a shell opened before keeps working, and the user can open a
+   new one (the node uses its cached decision); with auth back, 200 again.
 6. Everything restarted (etcd, both auth services, node, proxy): the users, the
    node (same host id, no new join) and the CAs are the ones from before.
 """
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +39,10 @@ from trioport.config import Config, loads_config
 from trioport.diag import HEALTH, Health, serve_diag
 from trioport.roles.node import service as node_service
 from trioport.roles.proxy import service as proxy_service
-from trioport.sshproto.keys import PrivateKey
+from trioport.ssh import ChannelStream, KeySigner, connect
+from trioport.sshproto import ConnectionConfig, Role
+from trioport.sshproto import events as ev
+from trioport.sshproto.keys import PrivateKey, public_key_from_line
 
 from .cluster import CLUSTER, JOIN_TOKEN, AuthProcess, EtcdCluster, auth_config
 
@@ -58,6 +63,8 @@ class Story:
     auths: list[AuthProcess]
     health: Health
     secrets: dict[str, str] = attrs.Factory(dict)
+    #: alice's key and certificate (from her login through the proxy).
+    alice: tuple[PrivateKey, str] | None = None
 
     @property
     def auth_addresses(self) -> list[str]:
@@ -83,7 +90,7 @@ class Story:
 
     async def add_user(self, name: str) -> None:
         async def go(c: AuthClient) -> None:
-            invite = await c.add_user(name, logins=[name])
+            invite = await c.add_user(name, logins=["root"])
             enrolment = await c.start_enrolment(invite["token"])
             self.secrets[name] = enrolment["secret"]
             code = pyotp.TOTP(enrolment["secret"]).at(time.time() - 30)
@@ -91,9 +98,11 @@ class Story:
 
         await self.admin_call(go)
 
-    async def login(self, web_port: int, name: str) -> httpx.Response:
+    async def login(
+        self, web_port: int, name: str, key: PrivateKey | None = None
+    ) -> httpx.Response:
         """``tsh login``'s request to the proxy: password, TOTP code and a new key."""
-        key = PrivateKey.generate()
+        key = key or PrivateKey.generate()
         body = {
             "user": name,
             "password": PASSWORD,
@@ -230,10 +239,26 @@ async def wait_readyz(port: int, status: int, degraded: int = 0) -> Any:
     raise AssertionError(f"/readyz stayed {code}: {body}")
 
 
-async def ssh_banner(port: int) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        return await stream.receive_some(256)
+@asynccontextmanager
+async def cat_session(port: int, key: PrivateKey, cert_line: str) -> AsyncIterator[ChannelStream]:
+    """``cat`` on the node as root, logged in with the user's certificate."""
+    cert = public_key_from_line(cert_line)
+    config = ConnectionConfig(role=Role.CLIENT, verify_host_key=lambda _blob, _alg: True)
+    signer = KeySigner(key, certificate=cert.blob)
+    async with connect("127.0.0.1", port, username="root", signers=[signer], config=config) as conn:
+        chan = await conn.open_session()
+        assert await chan.request(ev.Exec(command=b"cat"))
+        yield chan
+
+
+async def echo(chan: ChannelStream, text: bytes) -> None:
+    """Send a line through ``cat`` and get it back."""
+    await chan.send_all(text)
+    got = b""
+    with trio.fail_after(15):
+        while len(got) < len(text):
+            got += await chan.receive_some()
+    assert got == text
 
 
 def start_auths(auths: list[AuthProcess]) -> None:
@@ -271,6 +296,28 @@ async def test_two_auth_services_on_three_etcd_members_survive_failures(
                 auth.kill()
 
 
+async def no_auth_at_all(story: Story, edge: Edge, shell: ChannelStream) -> None:
+    """Both auth services killed: degraded, not dead; then both back."""
+    a, b = story.auths
+    await trio.to_thread.run_sync(b.kill)
+    answer = await wait_readyz(edge.diag_port, 503, degraded=2)
+    degraded = answer["degraded"]
+    assert set(degraded) == {"node: auth", "proxy: auth"}
+    assert all(text.startswith("auth unreachable since 20") for text in degraded.values())
+    assert await http_get(edge.diag_port, "/healthz") == (200, "ok\n")
+    await echo(shell, b"during the outage\n")  # the shell it has
+    key = PrivateKey.generate()
+    with trio.fail_after(30):
+        reply = await story.login(edge.web_port, "carol", key)  # no new certificate
+    assert reply.status_code == 503, reply.text
+    assert "auth service" in reply.text
+    # A new shell of a user the node asked about recently: its cached decision.
+    async with cat_session(edge.node_port, *story.alice) as second:
+        await echo(second, b"a new shell during the outage\n")
+    await trio.to_thread.run_sync(start_auths, [a, b])
+    await echo(shell, b"after the outage\n")
+
+
 async def run_story(story: Story, nursery: trio.Nursery) -> None:
     a, b = story.auths
     etcd = story.etcd
@@ -288,8 +335,10 @@ async def run_story(story: Story, nursery: trio.Nursery) -> None:
     # 2. A node and a proxy listing both auth servers.
     edge = await start_edge(story, nursery)
     await story.wait_heartbeat_after("node1", 0)
-    reply = await story.login(edge.web_port, "alice")
+    alice_key = PrivateKey.generate()
+    reply = await story.login(edge.web_port, "alice", alice_key)
     assert reply.status_code == 200, reply.text
+    story.alice = (alice_key, reply.json()["cert"])
     assert reply.json()["username"] == "alice"
     assert await http_get(edge.diag_port, "/readyz") == (
         200,
@@ -344,14 +393,10 @@ async def run_story(story: Story, nursery: trio.Nursery) -> None:
     assert etcd.leader() is not first
 
     # 5. No auth service at all: the edge says so, and keeps serving SSH.
-    await trio.to_thread.run_sync(b.kill)
-    answer = await wait_readyz(edge.diag_port, 503, degraded=2)
-    degraded = answer["degraded"]
-    assert set(degraded) == {"node: auth", "proxy: auth"}
-    assert all(text.startswith("auth unreachable since 20") for text in degraded.values())
-    assert await http_get(edge.diag_port, "/healthz") == (200, "ok\n")
-    assert (await ssh_banner(edge.node_port)).startswith(b"SSH-2.0-")
-    await trio.to_thread.run_sync(start_auths, [a, b])
+    async with AsyncExitStack() as stack:
+        shell = await stack.enter_async_context(cat_session(edge.node_port, *story.alice))
+        await echo(shell, b"before the outage\n")
+        await no_auth_at_all(story, edge, shell)
     await wait_readyz(edge.diag_port, 200)
 
     # 6. Restart everything, the killed etcd member included.
