@@ -25,10 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
-from trioport.authclient import ClientIdentity, connect_auth
-from trioport.errors import TrioportError
 from trioport.roles.node.recorder import parse_recording
 
 from .cluster import CLUSTER, NODENAME, SSH, base_env, free_ports, run
@@ -36,62 +33,19 @@ from .test_full_path import (
     TSH,
     RunningCluster,
     cluster_running,
+    events,
     invite_over_http,
     os_account,
     tsh,
     tsh_env,
     tsh_login_on_a_terminal,
+    wait_for,
 )
+from .test_full_path import recording as fetch_recording
 from .test_openssh_via_proxy import SFTP, EchoServer
 
 LOGIN = f"tpaudit{os.getpid()}"
 TARGET = f"{LOGIN}@{NODENAME}.{CLUSTER}"
-#: Seconds to wait for the node's reports and recordings to reach the auth service.
-DELIVERY_TIMEOUT = 30.0
-
-
-# --- the administrator's view ---------------------------------------------------------------
-
-
-async def _with_admin(cluster: RunningCluster, fn: Any) -> Any:
-    identity = ClientIdentity.load(str(cluster.data_dir / "admin"))
-    async with connect_auth(f"127.0.0.1:{cluster.ports.auth}", identity) as client:
-        return await fn(client)
-
-
-def events(cluster: RunningCluster, *names: str) -> list[dict[str, Any]]:
-    """The audit log's events of the last hour (only ``names``, if given), oldest first."""
-
-    async def search(client: Any) -> list[dict[str, Any]]:
-        return await client.search_events(since=time.time() - 3600, events=names, limit=10_000)
-
-    return trio.run(_with_admin, cluster, search)
-
-
-def recording(cluster: RunningCluster, sid: str) -> bytes:
-    """A session's recording, once the node has uploaded all of it."""
-
-    async def fetch(client: Any) -> bytes:
-        with trio.fail_after(DELIVERY_TIMEOUT):
-            while True:
-                try:
-                    return await client.fetch_recording(sid)
-                except TrioportError:
-                    await trio.sleep(0.2)
-
-    return trio.run(_with_admin, cluster, fetch)
-
-
-def wait_for(cluster: RunningCluster, name: str, match: Any) -> list[dict[str, Any]]:
-    """The events ``name`` that ``match``, waiting until there is one."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while True:
-        found = [e for e in events(cluster, name) if match(e)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
-
-
 # --- erin's work ------------------------------------------------------------------------------
 
 
@@ -302,7 +256,7 @@ def test_a_forwarded_port_is_a_port_event_with_the_address(work: Work) -> None:
 
 
 def test_the_recording_of_random_output_is_what_the_client_received(work: Work) -> None:
-    header, recorded = parse_recording(recording(work.cluster, work.random_sid))
+    header, recorded = parse_recording(fetch_recording(work.cluster, work.random_sid))
     assert header["sid"] == work.random_sid
     assert (header["user"], header["login"]) == ("erin", LOGIN)
     assert header["server_hostname"] == NODENAME

@@ -26,13 +26,19 @@ import pwd
 import re
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pexpect
 import pytest
+import trio
+
+from trioport.authclient import ClientIdentity, connect_auth
+from trioport.errors import TrioportError
 
 from .cluster import (
     CLUSTER,
@@ -203,6 +209,51 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# --- the administrator's view of the audit log (tctl has no events command) ------------
+
+#: Seconds to wait for the node's reports and recordings to reach the auth service.
+DELIVERY_TIMEOUT = 30.0
+
+
+async def _with_admin(cluster: RunningCluster, fn: Any) -> Any:
+    identity = ClientIdentity.load(str(cluster.data_dir / "admin"))
+    async with connect_auth(f"127.0.0.1:{cluster.ports.auth}", identity) as client:
+        return await fn(client)
+
+
+def events(cluster: RunningCluster, *names: str) -> list[dict[str, Any]]:
+    """The audit log's events of the last hour (only ``names``, if given), oldest first."""
+
+    async def search(client: Any) -> list[dict[str, Any]]:
+        return await client.search_events(since=time.time() - 3600, events=names, limit=10_000)
+
+    return trio.run(_with_admin, cluster, search)
+
+
+def recording(cluster: RunningCluster, sid: str) -> bytes:
+    """A session's recording, once the node has uploaded all of it."""
+
+    async def fetch(client: Any) -> bytes:
+        with trio.fail_after(DELIVERY_TIMEOUT):
+            while True:
+                try:
+                    return await client.fetch_recording(sid)
+                except TrioportError:
+                    await trio.sleep(0.2)
+
+    return trio.run(_with_admin, cluster, fetch)
+
+
+def wait_for(cluster: RunningCluster, name: str, match: Any) -> list[dict[str, Any]]:
+    """The events ``name`` that ``match``, waiting until there is one."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while True:
+        found = [e for e in events(cluster, name) if match(e)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 # --- this module's user ---------------------------------------------------------------------
 
 
@@ -322,6 +373,18 @@ def test_tsh_scp_copies_20_mib_to_the_node_and_back(carol: User, running: Runnin
     down = tsh(carol.home, "scp", "-q", f"{LOGIN}@{NODENAME}:{remote}", str(back))
     assert down.returncode == 0, down.stderr
     assert sha256_of(back) == sha256_of(local)
+
+    # The audit log has each copy's bytes, by file, as the node saw them go by.
+    def moved(event: dict[str, Any]) -> list[tuple[str, int, int]]:
+        return [
+            (f["path"], f["bytes_read"], f["bytes_written"])
+            for f in event.get("file_transfer_stats", [])
+        ]
+
+    summaries = wait_for(running, "sftp_summary", lambda e: moved(e) == [(str(remote), BIG, 0)])
+    assert summaries, events(running, "sftp_summary")
+    uploads = [e for e in events(running, "sftp_summary") if moved(e) == [(str(remote), 0, BIG)]]
+    assert len(uploads) == 1 and uploads[0]["user"] == "carol"
 
     # A path the login may not write is refused with the reason.
     denied = tsh(carol.home, "scp", "-q", str(local), f"{LOGIN}@{NODENAME}:/root/nope.bin")
