@@ -182,6 +182,8 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
             return seen
 
         seen = await trio.to_thread.run_sync(drive)
+        names = ("session.join", "session.leave", "session.rejected", "session.recording.access")
+        audit = {name: await cluster.events(name) for name in names}
 
     sid = seen["sid"]
     listed = seen["listed"]
@@ -213,6 +215,15 @@ async def test_join_a_live_session_then_replay_it(tmp_path: Path) -> None:
     assert f"no role allows login {LOGIN!r}" in message
     status, message = seen["unknown"]
     assert status == 1 and "no session" in message and "tsh sessions" in message
+
+    # The node and the auth service recorded who joined, who was refused, who replayed.
+    assert [e["user"] for e in audit["session.join"] if e.get("sid") == sid] == ["bob", "bob"]
+    assert any(e["user"] == "bob" and e.get("sid") == sid for e in audit["session.leave"])
+    refusals = [e for e in audit["session.rejected"] if e.get("sid") == sid]
+    assert [e["user"] for e in refusals] == ["carol"]
+    assert "may not join" in refusals[0]["error"]
+    replayed_by = {e["user"] for e in audit["session.recording.access"] if e.get("sid") == sid}
+    assert replayed_by == {"alice", "bob"}
 
     assert seen["left_status"] == 0  # Ctrl-] left without ending anything
     assert seen["owner_status"] == 3
