@@ -13,8 +13,10 @@ both auth servers. The story, in order:
    talks to first): nothing is noticed: logins work at the first try,
    heartbeats go on, ``/readyz`` stays 200 throughout.
 5. Both auth services down: ``/readyz`` answers 503 "auth unreachable since ...",
-   ``/healthz`` 200; a shell opened before keeps working, and the user can open a
-   new one (the node uses its cached decision); with auth back, 200 again.
+   ``/healthz`` 200; shells opened before (straight to the node and through the
+   proxy) keep working, and the user can open a new one straight to the node
+   (the node uses its cached decision); new logins fail with 503; with auth
+   back, 200 again.
 6. Everything restarted (etcd, both auth services, node, proxy): the users, the
    node (same host id, no new join) and the CAs are the ones from before.
 """
@@ -35,10 +37,11 @@ import trio
 
 from tests.e2e.cluster import free_ports
 from trioport.authclient import AuthClient, AuthServiceUnavailable, ClientIdentity, connect_auth
-from trioport.config import Config, loads_config
+from trioport.config import Address, Config, loads_config
 from trioport.diag import HEALTH, Health, serve_diag
 from trioport.roles.node import service as node_service
 from trioport.roles.proxy import service as proxy_service
+from trioport.roles.proxy.client import connect_node, connect_proxy
 from trioport.ssh import ChannelStream, KeySigner, connect
 from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
@@ -65,6 +68,8 @@ class Story:
     secrets: dict[str, str] = attrs.Factory(dict)
     #: alice's key and certificate (from her login through the proxy).
     alice: tuple[PrivateKey, str] | None = None
+    #: The host CA her login returned (to check the proxy and the node).
+    host_ca: list[str] = attrs.Factory(list)
 
     @property
     def auth_addresses(self) -> list[str]:
@@ -171,6 +176,7 @@ class Edge:
     scope: trio.CancelScope
     node_port: int
     web_port: int
+    proxy_ssh_port: int
     diag_port: int
     done: trio.Event
 
@@ -205,13 +211,15 @@ async def start_edge(story: Story, nursery: trio.Nursery) -> Edge:
                             task_status=task_status,
                         )
                     )
-                    ports.update(node=node[0][1], web=web.web[0][1], diag=diag[0][1])
+                    ports.update(
+                        node=node[0][1], web=web.web[0][1], ssh=web.ssh[0][1], diag=diag[0][1]
+                    )
                     task_status.started()
         finally:
             done.set()
 
     await nursery.start(run)
-    return Edge(scope, ports["node"], ports["web"], ports["diag"], done)
+    return Edge(scope, ports["node"], ports["web"], ports["ssh"], ports["diag"], done)
 
 
 async def stop_edge(edge: Edge) -> None:
@@ -247,6 +255,24 @@ async def cat_session(port: int, key: PrivateKey, cert_line: str) -> AsyncIterat
     signer = KeySigner(key, certificate=cert.blob)
     async with connect("127.0.0.1", port, username="root", signers=[signer], config=config) as conn:
         chan = await conn.open_session()
+        assert await chan.request(ev.Exec(command=b"cat"))
+        yield chan
+
+
+@asynccontextmanager
+async def cat_through_proxy(story: Story, edge: Edge) -> AsyncIterator[ChannelStream]:
+    """``cat`` on node1 as root through the proxy's SSH port, as ``tsh ssh`` does it."""
+    assert story.alice is not None
+    key, cert_line = story.alice
+    signer = KeySigner(key, certificate=public_key_from_line(cert_line).blob)
+    cas = [public_key_from_line(line) for line in story.host_ca]
+    proxy_addr = Address("127.0.0.1", edge.proxy_ssh_port)
+    common: dict[str, Any] = {"login": "root", "signers": [signer], "host_cas": cas}
+    async with (
+        connect_proxy(proxy_addr, cluster=CLUSTER, **common) as proxy,
+        connect_node(proxy, "node1", edge.node_port, cluster=CLUSTER, **common) as node,
+    ):
+        chan = await node.open_session()
         assert await chan.request(ev.Exec(command=b"cat"))
         yield chan
 
@@ -296,7 +322,7 @@ async def test_two_auth_services_on_three_etcd_members_survive_failures(
                 auth.kill()
 
 
-async def no_auth_at_all(story: Story, edge: Edge, shell: ChannelStream) -> None:
+async def no_auth_at_all(story: Story, edge: Edge, shells: list[ChannelStream]) -> None:
     """Both auth services killed: degraded, not dead; then both back."""
     a, b = story.auths
     await trio.to_thread.run_sync(b.kill)
@@ -305,7 +331,8 @@ async def no_auth_at_all(story: Story, edge: Edge, shell: ChannelStream) -> None
     assert set(degraded) == {"node: auth", "proxy: auth"}
     assert all(text.startswith("auth unreachable since 20") for text in degraded.values())
     assert await http_get(edge.diag_port, "/healthz") == (200, "ok\n")
-    await echo(shell, b"during the outage\n")  # the shell it has
+    for shell in shells:  # the shells they carry, direct and through the proxy
+        await echo(shell, b"during the outage\n")
     key = PrivateKey.generate()
     with trio.fail_after(30):
         reply = await story.login(edge.web_port, "carol", key)  # no new certificate
@@ -315,7 +342,8 @@ async def no_auth_at_all(story: Story, edge: Edge, shell: ChannelStream) -> None
     async with cat_session(edge.node_port, *story.alice) as second:
         await echo(second, b"a new shell during the outage\n")
     await trio.to_thread.run_sync(start_auths, [a, b])
-    await echo(shell, b"after the outage\n")
+    for shell in shells:
+        await echo(shell, b"after the outage\n")
 
 
 async def run_story(story: Story, nursery: trio.Nursery) -> None:
@@ -339,6 +367,7 @@ async def run_story(story: Story, nursery: trio.Nursery) -> None:
     reply = await story.login(edge.web_port, "alice", alice_key)
     assert reply.status_code == 200, reply.text
     story.alice = (alice_key, reply.json()["cert"])
+    story.host_ca = list(reply.json()["host_ca"])
     assert reply.json()["username"] == "alice"
     assert await http_get(edge.diag_port, "/readyz") == (
         200,
@@ -395,8 +424,10 @@ async def run_story(story: Story, nursery: trio.Nursery) -> None:
     # 5. No auth service at all: the edge says so, and keeps serving SSH.
     async with AsyncExitStack() as stack:
         shell = await stack.enter_async_context(cat_session(edge.node_port, *story.alice))
-        await echo(shell, b"before the outage\n")
-        await no_auth_at_all(story, edge, shell)
+        proxied = await stack.enter_async_context(cat_through_proxy(story, edge))
+        for chan in (shell, proxied):
+            await echo(chan, b"before the outage\n")
+        await no_auth_at_all(story, edge, [shell, proxied])
     await wait_readyz(edge.diag_port, 200)
 
     # 6. Restart everything, the killed etcd member included.
