@@ -24,6 +24,7 @@ to the node, which decides whether the certificate and roles allow it.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -127,7 +128,10 @@ def _request(
                 f" ({cause.verify_message}); if it is a self-signed certificate you expect,"
                 " log in with --insecure, or trust it with SSL_CERT_FILE"
             ) from None
-        raise ProxyUnavailable(f"cannot reach the proxy at https://{addr}: {exc}") from None
+        why = _connect_failure(exc)
+        raise ProxyUnavailable(
+            f"cannot reach the proxy at https://{addr}: {exc if why == 'no answer' else why}"
+        ) from None
     except httpx.HTTPError as exc:
         raise ProxyUnavailable(f"the proxy at https://{addr} failed: {exc}") from None
     try:
@@ -292,8 +296,9 @@ async def connect_proxy(
         with trio.fail_after(connect_timeout):
             stream = await trio.open_tcp_stream(addr.host, addr.port)
     except (OSError, trio.TooSlowError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
-        raise ProxyUnavailable(f"cannot reach the proxy's SSH port at {addr}: {why}") from None
+        raise ProxyUnavailable(
+            f"cannot reach the proxy's SSH port at {addr}: {_connect_failure(exc)}"
+        ) from None
     established = False
     try:
         async with connect(
@@ -326,6 +331,26 @@ async def connect_proxy(
         if established:
             raise
         raise ProxyUnavailable(f"lost the connection to the proxy at {addr}: {exc}") from None
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection attempt failed, in the system's words ("Connection refused").
+
+    trio's ``open_tcp_stream`` wraps each attempt's error in a group; the first
+    attempt's reason is the one to show.
+    """
+    seen: list[BaseException] = [exc]
+    while seen:
+        current = seen.pop(0)
+        if isinstance(current, OSError) and current.errno:
+            # trio's own text names the address again; the system's is enough.
+            return os.strerror(current.errno) if current.errno > 0 else str(current.strerror)
+        if isinstance(current, BaseExceptionGroup):
+            seen.extend(current.exceptions)
+        cause = current.__cause__ or current.__context__
+        if cause is not None and len(seen) < 16:
+            seen.append(cause)
+    return "no answer"
 
 
 async def _read_all(stream: trio.abc.ReceiveStream, limit: int = 16 * 1024 * 1024) -> bytes:
