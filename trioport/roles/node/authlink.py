@@ -145,9 +145,9 @@ class AuthLink:
         try:
             while True:
                 where = self.servers[index % len(self.servers)]
+                made = self.connections
                 try:
                     await self._connect_and_hold(where)
-                    attempt = 0
                 except (TrioportError, OSError, trio.BrokenResourceError) as exc:
                     self.last_error = str(exc)
                     log.warning("auth service at %s: %s", where, exc)
@@ -160,6 +160,8 @@ class AuthLink:
                     self._scope = None
                     if self._client is not None:
                         self._set(None)
+                if self.connections != made:
+                    attempt = 0  # it was up: the next server gets the shortest wait
                 index += 1
                 delay = backoff_delay(
                     attempt, base=self.backoff_base, max_delay=self.backoff_max, rng=self.rng
