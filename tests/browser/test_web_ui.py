@@ -90,6 +90,19 @@ def log_in(page: Page, cluster: Cluster, user: str, password: str, code: str) ->
     page.click("#login-form button[type=submit]")
 
 
+def finish_invite(page: Page, cluster: Cluster, user: str, login: str) -> Totp:
+    """Invite ``user`` with ``tctl users add`` and finish the invite in ``page``."""
+    added = cluster.tctl("users", "add", user, f"--logins={login}")
+    assert added.returncode == 0, added.stderr
+    page.goto(invite_url(added.stdout))
+    totp = Totp(page.inner_text("#invite-secret").strip())
+    page.fill("input[name=password]", PASSWORD)
+    page.fill("input[name=password_again]", PASSWORD)
+    page.fill("input[name=code]", totp.code())
+    page.click("#invite-form button[type=submit]")
+    return totp
+
+
 def test_invite_terminal_join_playback_and_audit(
     cluster: Cluster,
     os_login: str,
@@ -288,16 +301,38 @@ def test_finishing_an_invite_lands_logged_in(
     new_context: Callable[..., BrowserContext],
     screens: Screens,
 ) -> None:
-    added = cluster.tctl("users", "add", "bob", f"--logins={os_login}")
-    assert added.returncode == 0, added.stderr
     page = screens.watch(new_context().new_page(), "bob")
-    page.goto(invite_url(added.stdout))
-    totp = Totp(page.inner_text("#invite-secret").strip())
-    page.fill("input[name=password]", PASSWORD)
-    page.fill("input[name=password_again]", PASSWORD)
-    page.fill("input[name=code]", totp.code())
-    page.click("#invite-form button[type=submit]")
+    finish_invite(page, cluster, "bob", os_login)
     expect(page.locator("#nodes-table tr[data-node='e2e-node']")).to_be_visible()
     expect(page).to_have_url(re.compile(r"/web/nodes$"))
     expect(page.locator("#whoami-user")).to_have_text("bob")
     screens.shot(page, "landed")
+
+
+def test_closing_the_tab_ends_the_session(
+    cluster: Cluster,
+    os_login: str,
+    new_context: Callable[..., BrowserContext],
+    screens: Screens,
+) -> None:
+    context = new_context()
+    page = screens.watch(context.new_page(), "carol")
+    totp = finish_invite(page, cluster, "carol", os_login)
+    expect(page).to_have_url(re.compile(r"/web/(nodes|login)"))
+    if "/web/login" in page.url:  # see test_finishing_an_invite_lands_logged_in
+        log_in(page, cluster, "carol", PASSWORD, totp.code())
+    row = page.locator("#nodes-table tr[data-node='e2e-node']")
+    row.locator("button", has_text="Connect").click()
+    expect(page.locator("#term-state")).to_have_text("connected")
+    type_line(page, "echo still-here")
+    wait_for_line(page, "still-here")
+    sid = page.get_attribute("#terminal", "data-sid")
+
+    other = screens.watch(context.new_page(), "carol-2")
+    other.goto(f"{cluster.base}/web/sessions")
+    listed = other.locator(f"#sessions-table tr[data-sid='{sid}']")
+    expect(listed).to_have_count(1)
+    page.close()
+    # The page refreshes itself every few seconds; the session leaves the list.
+    expect(listed).to_have_count(0, timeout=30_000)
+    screens.shot(other, "gone")
