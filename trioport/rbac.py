@@ -22,7 +22,8 @@ The semantics follow Teleport's:
   valid login names are dropped.
 - **Options** combine as the safest across roles for limits (the smallest
   ``max_session_ttl`` and ``client_idle_timeout``; ``disconnect_expired_cert`` if any
-  role asks) and as "any role allows" for forwarding (off by default).
+  role asks; ``record_session.ssh`` is ``strict`` if any role asks) and as "any role
+  allows" for forwarding (off by default).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "match_labels",
     "max_session_ttl",
     "principals_for",
+    "record_session_mode",
 ]
 
 #: Certificate lifetimes, in seconds: the clamp every user certificate goes through.
@@ -322,3 +324,9 @@ def client_idle_timeout(roles: Sequence[Role]) -> int | None:
 def disconnect_expired_cert(roles: Sequence[Role]) -> bool:
     """Whether sessions end when the certificate expires (any role asking is enough)."""
     return any(r.spec.options.disconnect_expired_cert for r in roles)
+
+
+def record_session_mode(roles: Sequence[Role]) -> str:
+    """``strict`` if any role asks for it, else ``best_effort`` (the default)."""
+    strict = any(r.spec.options.record_session.ssh == "strict" for r in roles)
+    return "strict" if strict else "best_effort"

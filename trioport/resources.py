@@ -64,6 +64,7 @@ __all__ = [
     "Node",
     "NodeSpec",
     "Party",
+    "RecordSession",
     "Resource",
     "Role",
     "RoleConditions",
@@ -315,6 +316,18 @@ def _at_least_a_minute(_inst: object, attr: attrs.Attribute[Any], value: dt.time
 
 
 @attrs.define(kw_only=True)
+class RecordSession:
+    """How a role's SSH sessions react when their recording cannot be stored.
+
+    ``best_effort`` (the default): the session goes on, unrecorded from then on,
+    and a ``session.recording.failed`` audit event says so. ``strict``: the session
+    ends with a message to the user. A user with one strict role is strict.
+    """
+
+    ssh: Literal["best_effort", "strict"] = "best_effort"
+
+
+@attrs.define(kw_only=True)
 class RoleOptions:
     """Options a role puts on the certificates and sessions of its users.
 
@@ -330,6 +343,7 @@ class RoleOptions:
     port_forwarding: bool = False
     client_idle_timeout: dt.timedelta = dt.timedelta(0)
     disconnect_expired_cert: bool = False
+    record_session: RecordSession = attrs.Factory(RecordSession)
 
 
 @attrs.define(kw_only=True)
