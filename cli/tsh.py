@@ -48,7 +48,7 @@ from trioport.sshproto.certs import EXT_ROLES
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
 from trioport.tls import client_context
 
-from . import _invite, _sessions
+from . import _fanout, _invite, _sessions
 from ._common import fail, run_main
 
 #: ``tsh ssh`` exits with this when it cannot run the command at all (as OpenSSH's ssh).
@@ -534,9 +534,6 @@ async def _pump(chan: ChannelStream, inp: _Fd | None, out: _Fd, err: _Fd, pty: b
 
 # --- ssh ------------------------------------------------------------------------------------
 
-#: Nodes a label selector's command runs on at once.
-FANOUT_CONCURRENCY = 16
-
 
 def _warn(text: str) -> None:
     """One line on stderr, readable even while the terminal is in raw mode."""
@@ -653,57 +650,6 @@ async def _ssh_one(
         return status
 
 
-class _LinePrefixer:
-    """Writes complete lines to ``fd``, each after ``prefix`` (fan-out output)."""
-
-    def __init__(self, fd: int, prefix: bytes) -> None:
-        self.fd = fd
-        self.prefix = prefix
-        self.partial = b""
-
-    def feed(self, data: bytes) -> None:
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        if lines:
-            _write_fd(self.fd, b"".join(self.prefix + line + b"\n" for line in lines))
-
-    def flush(self) -> None:
-        if self.partial:
-            _write_fd(self.fd, self.prefix + self.partial + b"\n")
-            self.partial = b""
-
-
-def _write_fd(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-async def _run_prefixed(conn: SSHConnection, command: str, prefix: bytes) -> int:
-    """Run ``command`` with no input; its output and errors line by line after ``prefix``."""
-    chan = await conn.open_session()
-    async with chan:
-        if not await chan.request(ev.Exec(command=command.encode())):
-            raise TrioportError("the node refused to run the command")
-        await chan.send_eof()
-
-        async def copy(source: trio.abc.ReceiveStream, target: _LinePrefixer) -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                while data := await source.receive_some(_READ_SIZE):
-                    target.feed(data)
-            target.flush()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy, chan, _LinePrefixer(1, prefix))
-            nursery.start_soon(copy, chan.stderr, _LinePrefixer(2, prefix))
-        with trio.move_on_after(5):
-            await chan.wait_closed()
-    if chan.exit_status is not None:
-        return chan.exit_status
-    if chan.exit_signal is not None:
-        _write_fd(2, prefix + f"killed by signal {chan.exit_signal.name}\n".encode())
-    return SSH_FAILURE
-
-
 async def _fan_out(
     proxy: SSHConnection,
     nodes: Sequence[NodeInfo],
@@ -712,46 +658,24 @@ async def _fan_out(
     args: argparse.Namespace,
     profile: Profile,
 ) -> int:
-    """Run ``command`` on every node at once, output prefixed ``[NODE] ``, as Teleport does.
-
-    The exit status is 0 when it succeeded everywhere, else the first failing
-    node's (in name order), 255 for a node that could not run it.
-    """
-    limiter = trio.CapacityLimiter(FANOUT_CONCURRENCY)
-    statuses: dict[str, int] = {}
+    """Run ``command`` on every node at once (:func:`_fanout.run_everywhere`)."""
     signers = proxy_client.signers_for(profile)
 
-    async def one(node: NodeInfo) -> None:
-        prefix = f"[{node.hostname}] ".encode()
-        async with limiter:
-            try:
-                agent = _agent_handler(args)
-                async with proxy_client.connect_node(
-                    proxy,
-                    node.host_id,
-                    args.port,
-                    login=login,
-                    signers=signers,
-                    host_cas=profile.host_cas,
-                    cluster=profile.cluster,
-                    principal=node.host_id,
-                    handler=agent,
-                    logins=_cert_logins(profile),
-                ) as conn:
-                    statuses[node.host_id] = await _run_prefixed(conn, command, prefix)
-            except (TrioportError, trio.BrokenResourceError) as exc:
-                _write_fd(2, prefix + f"error: {exc}\n".encode())
-                statuses[node.host_id] = SSH_FAILURE
+    def connect(node: NodeInfo) -> Any:
+        return proxy_client.connect_node(
+            proxy,
+            node.host_id,
+            args.port,
+            login=login,
+            signers=signers,
+            host_cas=profile.host_cas,
+            cluster=profile.cluster,
+            principal=node.host_id,
+            handler=_agent_handler(args),
+            logins=_cert_logins(profile),
+        )
 
-    async with trio.open_nursery() as nursery:
-        for node in nodes:
-            nursery.start_soon(one, node)
-    failed = [(n, statuses[n.host_id]) for n in nodes if statuses[n.host_id] != 0]
-    if not failed:
-        return 0
-    which = ", ".join(f"{n.hostname} (exit status {code})" for n, code in failed)
-    _warn(f"error: the command failed on {len(failed)} of {len(nodes)} nodes: {which}")
-    return failed[0][1]
+    return await _fanout.run_everywhere(nodes, command, connect, warn=_warn)
 
 
 def _ssh(args: argparse.Namespace) -> int:

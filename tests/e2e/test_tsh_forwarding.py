@@ -9,14 +9,17 @@ local end of ``-L`` must come back through the node.
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.e2e.cluster import free_ports
 from tests.roles.proxy.cluster import LOGIN, Cluster, open_cluster, tsh_env
 from tests.test_tsh import TSH, login, text, tsh
+from trioport.roles.proxy.client import Forward, parse_forward
 
 NO_FORWARDING = {
     "kind": "role",
@@ -26,6 +29,36 @@ NO_FORWARDING = {
         "options": {"port_forwarding": False, "forward_agent": False},
     },
 }
+
+
+@pytest.mark.parametrize(
+    ("spec", "forward"),
+    [
+        ("8080:db:5432", Forward("127.0.0.1", 8080, "db", 5432)),
+        ("0.0.0.0:8080:localhost:80", Forward("0.0.0.0", 8080, "localhost", 80)),
+        ("*:8080:10.0.0.5:80", Forward("0.0.0.0", 8080, "10.0.0.5", 80)),
+        ("[::1]:8080:[fd00::5]:443", Forward("::1", 8080, "fd00::5", 443)),
+        ("8080:[fd00::5]:443", Forward("127.0.0.1", 8080, "fd00::5", 443)),
+    ],
+)
+def test_forward_specs_read_as_openssh_reads_them(spec: str, forward: Forward) -> None:
+    assert parse_forward(spec) == forward
+    assert parse_forward(str(forward)) == forward  # printed back in the same shape
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("8080:db", "expected [BIND:]PORT:HOST:HOSTPORT"),
+        ("a:b:c:d:e", "expected [BIND:]PORT:HOST:HOSTPORT"),
+        ("http:db:80", "PORT is not a port number"),
+        ("8080:db:70000", "HOSTPORT is not a port number"),
+        ("8080::80", "expected a host"),
+    ],
+)
+def test_malformed_forward_specs_say_what_is_wrong(spec: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_forward(spec)
 
 
 async def echo_server(nursery: trio.Nursery) -> int:
