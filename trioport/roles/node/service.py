@@ -20,15 +20,17 @@ decided from recent answers (:mod:`.access`) and everything owed to the auth
 service waits for it.
 
 **Stopping.** Cancelling :func:`serve` ends every session at once. For a graceful
-stop pass ``stop``, a :class:`trio.Event`: once it is set the node refuses new
-logins, waits up to ``shutdown_grace`` seconds for running sessions to end,
-disconnects what is left with the reason "the node is shutting down", gives the
-recordings a few seconds to finish uploading, and returns.
+stop pass ``stop``, a :class:`trio.Event`: once it is set the node closes its
+port (new connections are refused) and refuses new logins, waits up to
+``shutdown_grace`` seconds (``connection_limits.shutdown_timeout``) for running
+sessions to end, disconnects what is left with the reason "the node is shutting
+down", gives the recordings a few seconds to finish uploading, and returns.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -56,6 +58,8 @@ __all__ = ["serve"]
 
 log = logging.getLogger("trioport.node")
 
+#: The DISCONNECT description at a graceful stop.
+SHUTDOWN_REASON = "the node is shutting down"
 #: Seconds the recordings get to finish uploading at a graceful stop.
 UPLOAD_GRACE = 10.0
 #: Under the data directory: the journal of running sessions (see :mod:`.journal`).
@@ -155,9 +159,22 @@ async def serve(
             auth_methods=("publickey",),
             max_channels=config.teleport.connection_limits.max_channels,
         )
+        if shutdown_grace is None:
+            shutdown_grace = config.teleport.connection_limits.shutdown_timeout.total_seconds()
         async with trio.open_nursery() as ssh_nursery:
+            # At a graceful stop the SSH server closes its port and tells the
+            # connections with nothing open to go; _drain deals with the sessions.
             addresses = await ssh_nursery.start(
-                serve_ssh, listeners, ssh_config, lambda: NodeSSHHandler(node), _limits(config)
+                functools.partial(
+                    serve_ssh,
+                    stop=stop,
+                    shutdown_timeout=shutdown_grace,
+                    shutdown_reason=SHUTDOWN_REASON,
+                ),
+                listeners,
+                ssh_config,
+                lambda: NodeSSHHandler(node),
+                _limits(config),
             )
             log.info(
                 "node %s (%s) of %s listening on %s, reachable at %s",
@@ -171,8 +188,6 @@ async def serve(
             if stop is None:
                 await trio.sleep_forever()
             await stop.wait()
-            if shutdown_grace is None:
-                shutdown_grace = config.teleport.connection_limits.shutdown_timeout.total_seconds()
             await _drain(node, shutdown_grace)
             ssh_nursery.cancel_scope.cancel()
         with trio.move_on_after(UPLOAD_GRACE):
@@ -189,6 +204,6 @@ async def _drain(node: NodeContext, grace: float) -> None:
     with trio.move_on_after(grace):
         await node.registry.wait_empty()
     for conn in list(node.connections):
-        await conn.disconnect(DisconnectReason.BY_APPLICATION, "the node is shutting down")
+        await conn.disconnect(DisconnectReason.BY_APPLICATION, SHUTDOWN_REASON)
     with trio.move_on_after(5):
         await node.registry.wait_empty()
