@@ -133,6 +133,11 @@ class Screens:
         page.on("pageerror", lambda e: self.console.append(f"{who} pageerror: {e}"))
         return page
 
+    def script_problems(self) -> list[str]:
+        """Uncaught errors in our scripts and anything the CSP refused, as logged."""
+        signs = ("pageerror:", "Content Security Policy", "Refused to")
+        return [line for line in self.console if any(sign in line for sign in signs)]
+
 
 @pytest.fixture
 def screens(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Screens]:

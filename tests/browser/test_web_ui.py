@@ -114,6 +114,8 @@ def test_invite_terminal_join_playback_and_audit(
     second = screens.watch(new_context().new_page(), "alice-2")
     try:
         _the_whole_path(cluster, os_login, alice_invite, first, second, screens)
+        # Nothing of ours failed, and the proxy's CSP refused nothing the pages load.
+        assert screens.script_problems() == []
     finally:
         for name, page in (("first", first), ("second", second)):
             if not page.is_closed():

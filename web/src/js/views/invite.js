@@ -86,6 +86,8 @@ function showForm(box, kind, token, invite, ctx) {
     { id: "invite-form" },
     h("h1", {}, kind === "reset" ? `Reset ${invite.user}` : `Welcome, ${invite.user}`),
     h("h2", {}, "1. Choose a password"),
+    // For password managers: the account the new password belongs to.
+    h("input", { type: "text", name: "username", autocomplete: "username", value: invite.user, hidden: true, readonly: true }),
     field("Password", password, `At least ${MIN_PASSWORD} characters.`),
     field("Password again", again),
     h("h2", {}, "2. Add trioport to your authenticator app"),

@@ -22,7 +22,7 @@ export function loginErrorText(err) {
 }
 
 export function render(container, ctx) {
-  const user = h("input", { name: "user", autocomplete: "username", required: true, autofocus: true });
+  const user = h("input", { name: "user", autocomplete: "username", required: true });
   const password = h("input", {
     name: "password",
     type: "password",
