@@ -133,10 +133,11 @@ class EtcdCluster:
         member.process.wait(timeout=10)
         member.process = None
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, graceful: bool = True) -> None:
+        """SIGTERM every member (SIGKILL when not ``graceful``) and reap them."""
         for member in self.members:
             if member.process is not None and member.process.poll() is None:
-                member.process.terminate()
+                member.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
         for member in self.members:
             if member.process is not None:
                 try:

@@ -18,4 +18,4 @@ def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
         cluster.start_all()
         yield cluster
     finally:
-        cluster.stop_all()
+        cluster.stop_all(graceful=False)  # their data is thrown away
