@@ -21,7 +21,8 @@ import trio
 
 from trioport.errors import TrioportError
 from trioport.roles.proxy.router import NodeInfo
-from trioport.ssh import SSHConnection
+from trioport.ssh import SSHConnection, SSHHandler
+from trioport.ssh.agent import AgentForwardingHandler
 from trioport.sshproto import events as ev
 
 __all__ = ["CONCURRENCY", "SSH_FAILURE", "run_everywhere"]
@@ -32,7 +33,8 @@ CONCURRENCY = 16
 SSH_FAILURE = 255
 _READ_SIZE = 32 * 1024
 
-Connect = Callable[[NodeInfo], AbstractAsyncContextManager[SSHConnection]]
+#: Opens the end-to-end connection to a node, with the handler for channels it opens.
+Connect = Callable[[NodeInfo, SSHHandler | None], AbstractAsyncContextManager[SSHConnection]]
 
 
 def _write_fd(fd: int, data: bytes) -> None:
@@ -60,10 +62,18 @@ class _LinePrefixer:
             self.partial = b""
 
 
-async def _run_prefixed(conn: SSHConnection, command: str, prefix: bytes) -> int:
+async def _run_prefixed(
+    conn: SSHConnection,
+    command: str,
+    prefix: bytes,
+    agent: AgentForwardingHandler | None,
+    agent_refusal: str,
+) -> int:
     """Run ``command`` with no input; its output and errors line by line after ``prefix``."""
     chan = await conn.open_session()
     async with chan:
+        if agent is not None and not await agent.request(chan):
+            _write_fd(2, prefix + agent_refusal.encode() + b"\n")
         if not await chan.request(ev.Exec(command=command.encode())):
             raise TrioportError("the node refused to run the command")
         await chan.send_eof()
@@ -92,6 +102,8 @@ async def run_everywhere(
     connect: Connect,
     *,
     warn: Callable[[str], None],
+    agent: Callable[[], AgentForwardingHandler | None] = lambda: None,
+    agent_refusal: str = "warning: the node refused agent forwarding (-A)",
 ) -> int:
     """Run ``command`` on every one of ``nodes``; the exit status (see the module docstring).
 
@@ -100,6 +112,9 @@ async def run_everywhere(
         command: the command line, for the node's shell.
         connect: opens the end-to-end connection to one node (through the proxy).
         warn: prints the summary line about failures.
+        agent: makes the agent forwarding handler for one node's connection (``-A``),
+            or None.
+        agent_refusal: what to say when a node refuses to forward the agent.
     """
     limiter = trio.CapacityLimiter(CONCURRENCY)
     statuses: dict[str, int] = {}
@@ -108,8 +123,11 @@ async def run_everywhere(
         prefix = f"[{node.hostname}] ".encode()
         async with limiter:
             try:
-                async with connect(node) as conn:
-                    statuses[node.host_id] = await _run_prefixed(conn, command, prefix)
+                handler = agent()
+                async with connect(node, handler) as conn:
+                    statuses[node.host_id] = await _run_prefixed(
+                        conn, command, prefix, handler, agent_refusal
+                    )
             except (TrioportError, trio.BrokenResourceError) as exc:
                 _write_fd(2, prefix + f"error: {exc}\n".encode())
                 statuses[node.host_id] = SSH_FAILURE

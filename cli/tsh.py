@@ -661,7 +661,7 @@ async def _fan_out(
     """Run ``command`` on every node at once (:func:`_fanout.run_everywhere`)."""
     signers = proxy_client.signers_for(profile)
 
-    def connect(node: NodeInfo) -> Any:
+    def connect(node: NodeInfo, handler: Any) -> Any:
         return proxy_client.connect_node(
             proxy,
             node.host_id,
@@ -671,11 +671,19 @@ async def _fan_out(
             host_cas=profile.host_cas,
             cluster=profile.cluster,
             principal=node.host_id,
-            handler=_agent_handler(args),
+            handler=handler,
             logins=_cert_logins(profile),
         )
 
-    return await _fanout.run_everywhere(nodes, command, connect, warn=_warn)
+    _agent_handler(args)  # no agent to forward is an error before anything runs
+    return await _fanout.run_everywhere(
+        nodes,
+        command,
+        connect,
+        warn=_warn,
+        agent=lambda: _agent_handler(args),
+        agent_refusal=_agent_refusal(profile),
+    )
 
 
 def _ssh(args: argparse.Namespace) -> int:

@@ -48,6 +48,16 @@ async def test_a_label_selector_runs_the_command_on_every_matching_node(tmp_path
             "[web1] no newline",
         ]
 
+        # -A reaches every node: each session gets its own forwarded agent socket.
+        done = await tsh(
+            cluster,
+            home,
+            *("ssh", "-A", "env=prod", 'test -S "$SSH_AUTH_SOCK" && echo agent'),
+            env={"SSH_AUTH_SOCK": str(tmp_path / "agent.sock")},
+        )
+        assert done.returncode == 0, text(done)
+        assert sorted(done.stdout.decode().splitlines()) == ["[db1] agent", "[web1] agent"]
+
         nothing = await tsh(cluster, home, "ssh", "env=staging", "true")
         assert nothing.returncode == 255
         assert "no node you can reach has the labels env=staging" in text(nothing)
