@@ -34,7 +34,7 @@ export function render(container, ctx) {
   api.listRecordings().then(
     (doc) => {
       if (!alive) return;
-      const list = (doc.recordings || []).slice().sort((a, b) => (b.start || 0) > (a.start || 0) ? 1 : -1);
+      const list = doc.recordings || []; // newest first, as the proxy sends them
       replace(
         tbody,
         ...list.map((r) =>
@@ -45,7 +45,7 @@ export function render(container, ctx) {
             h("td", {}, r.node_name || ""),
             h("td", {}, r.login || ""),
             h("td", {}, formatTime(r.start)),
-            h("td", {}, formatDuration(r.duration_ms)),
+            h("td", {}, r.duration_ms === null || r.duration_ms === undefined ? "" : formatDuration(r.duration_ms)),
             h("td", {}, formatSize(r.size)),
             h("td", { class: "actions" }, h("a", { class: "button primary", href: `/web/recordings/${encodeURIComponent(r.sid)}` }, "Play")),
           ),
