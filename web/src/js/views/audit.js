@@ -97,7 +97,9 @@ export function render(container, ctx) {
     try {
       const doc = await api.listEvents(filters);
       if (mine !== generation) return;
-      const events = (doc.events || []).slice().reverse(); // newest first
+      // Newest first, whichever order they came in.
+      const when = (e) => Date.parse(e.time) || 0;
+      const events = (doc.events || []).slice().sort((a, b) => when(b) - when(a));
       replace(
         tbody,
         ...events.map((e) =>
