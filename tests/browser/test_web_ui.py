@@ -330,9 +330,19 @@ def test_closing_the_tab_ends_the_session(
     wait_for_line(page, "still-here")
     sid = page.get_attribute("#terminal", "data-sid")
 
+    # A party who joined and leaves (or closes her tab) leaves the session running.
     other = screens.watch(context.new_page(), "carol-2")
     other.goto(f"{cluster.base}/web/sessions")
     listed = other.locator(f"#sessions-table tr[data-sid='{sid}']")
+    listed.locator("button", has_text="Join").click()
+    expect(other.locator("#term-state")).to_have_text("joined")
+    other.click("#term-end")
+    expect(other.locator("#term-state")).to_have_text("closed")
+    type_line(page, "echo after-she-left")
+    wait_for_line(page, "after-she-left")
+    expect(page.locator("#term-state")).to_have_text("connected")
+
+    other.goto(f"{cluster.base}/web/sessions")
     expect(listed).to_have_count(1)
     page.close()
     # The page refreshes itself every few seconds; the session leaves the list.
