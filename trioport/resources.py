@@ -320,8 +320,9 @@ class RecordSession:
     """How a role's SSH sessions react when their recording cannot be stored.
 
     ``best_effort`` (the default): the session goes on, unrecorded from then on,
-    and a ``session.recording.failed`` audit event says so. ``strict``: the session
-    ends with a message to the user. A user with one strict role is strict.
+    and a ``session.upload`` audit event with ``success: false`` says so.
+    ``strict``: the session ends with a message to the user. A user with one
+    strict role is strict.
     """
 
     ssh: Literal["best_effort", "strict"] = "best_effort"

@@ -76,7 +76,7 @@ from ._http import (
 from ._storage import decode, encode
 from .ca import authorized_keys_line, known_hosts_line
 from .nodes import NodeStatus, check_host_id
-from .recordings import MAX_CHUNK_BYTES, check_session_id
+from .recordings import MAX_CHUNK_BYTES, RecordingStorageError, check_session_id
 from .server import AuthServer
 from .users import Invite, invite_url
 
@@ -226,6 +226,8 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (AlreadyExists, 409, "already_exists"),
     (CompareFailed, 409, "compare_failed"),
     (BackendUnavailable, 503, "unavailable"),
+    # The recordings' disk refused a write (full, read-only, failing): 507 with the reason.
+    (RecordingStorageError, 507, "storage_failed"),
     (ConfigError, 400, "invalid_resource"),
     (KeyFormatError, 400, "bad_key"),
     (ValueError, 400, "bad_request"),
@@ -523,6 +525,7 @@ class AuthAPI:
                 "client_idle_timeout": rbac.client_idle_timeout(roles),
                 "disconnect_expired_cert": rbac.disconnect_expired_cert(roles),
                 "max_session_ttl": rbac.max_session_ttl(roles),
+                "record_session": rbac.record_session_mode(roles),
             },
         }
 

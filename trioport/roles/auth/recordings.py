@@ -25,6 +25,14 @@ written. If the auth service dies between the two, the ``.part`` holds bytes the
 state does not count; the next append cuts them off first, and the node resends
 that chunk, so nothing is stored twice.
 
+Disk errors: a write, flush or rename that fails (the disk is full, read-only or
+failing) raises :class:`RecordingStorageError` naming the recording and the OS's
+reason; the auth API answers it with ``507 storage_failed``. Nothing is counted
+that was not written: the state file is only replaced after the chunk's bytes
+are on disk, so a failed append leaves the recording as it was (a ``.part``,
+never complete), and the node decides what the session does
+(:mod:`trioport.roles.node.recorder`, the role option ``record_session``).
+
 Session ids are checked against a strict pattern before they touch a path, so an
 id like ``../../etc/passwd`` is refused.
 """
@@ -32,9 +40,11 @@ id like ``../../etc/passwd`` is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import trio
@@ -44,9 +54,12 @@ from trioport.errors import AlreadyExists, CompareFailed, NotFound, StoreError
 __all__ = [
     "MAX_CHUNK_BYTES",
     "RecordingInfo",
+    "RecordingStorageError",
     "Recordings",
     "check_session_id",
 ]
+
+log = logging.getLogger("trioport.auth.recordings")
 
 #: Largest chunk accepted in one append.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
@@ -55,6 +68,20 @@ MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _PART, _STATE, _DONE, _CUT = ".part", ".part.state", ".rec", ".cut"
+
+
+class RecordingStorageError(StoreError):
+    """The recordings' disk refused a write, flush or rename (full, read-only, failing)."""
+
+
+async def _on_disk(what: str, fn: Any, *args: Any) -> Any:
+    """Run the blocking ``fn`` in a worker thread; an OSError becomes a RecordingStorageError."""
+    try:
+        return await trio.to_thread.run_sync(fn, *args)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        log.error("cannot store %s: %s", what, exc)
+        raise RecordingStorageError(f"cannot store {what}: {reason} (errno {exc.errno})") from exc
 
 
 def check_session_id(sid: str) -> str:
@@ -159,10 +186,11 @@ class Recordings:
                 )
             if self.max_size is not None and state.size + len(data) > self.max_size:
                 raise StoreError(f"recording {sid} would exceed {self.max_size} bytes")
-            await self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            await trio.to_thread.run_sync(_append_at, os.fspath(part), state.size, bytes(data))
+            what = f"chunk {index} of recording {sid}"
+            await _on_disk(what, _makedirs, os.fspath(self.directory))
+            await _on_disk(what, _append_at, os.fspath(part), state.size, bytes(data))
             new = _State(chunks=state.chunks + 1, size=state.size + len(data))
-            await trio.to_thread.run_sync(_write_state, os.fspath(state_path), new)
+            await _on_disk(what, _write_state, os.fspath(state_path), new)
             return new.chunks
 
     async def complete(self, sid: str, *, chunks: int | None = None) -> RecordingInfo:
@@ -188,8 +216,13 @@ class Recordings:
                 raise CompareFailed(
                     f"recording {sid} has {state.chunks} chunks, the uploader sent {chunks}"
                 )
-            await trio.to_thread.run_sync(
-                _finish, os.fspath(part), os.fspath(done), os.fspath(state_path), state.size
+            await _on_disk(
+                f"recording {sid}",
+                _finish,
+                os.fspath(part),
+                os.fspath(done),
+                os.fspath(state_path),
+                state.size,
             )
             stat = await done.stat()
         self._locks.pop(sid, None)
@@ -212,8 +245,13 @@ class Recordings:
             state = await self._state(state_path)
             if state.chunks == 0 or not await part.exists():
                 raise NotFound(f"no upload of recording {sid}")
-            await trio.to_thread.run_sync(
-                _finish, os.fspath(part), os.fspath(cut), os.fspath(state_path), state.size
+            await _on_disk(
+                f"recording {sid}",
+                _finish,
+                os.fspath(part),
+                os.fspath(cut),
+                os.fspath(state_path),
+                state.size,
             )
             stat = await cut.stat()
         self._locks.pop(sid, None)
@@ -268,6 +306,10 @@ class Recordings:
 
 
 # --- blocking helpers (run in worker threads) -------------------------------------
+
+
+def _makedirs(directory: str) -> None:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
 def _append_at(path: str, offset: int, data: bytes) -> None:

@@ -11,7 +11,7 @@ When the auth service cannot be reached, an answer up to :data:`STALE_SECONDS`
 old is still used (Teleport's nodes work from their cache the same way); with
 no such answer the login is refused. The auth service's own options for the
 user (agent and port forwarding, idle timeout, disconnecting when the
-certificate expires) come with the answer.
+certificate expires, the recording policy ``record_session``) come with the answer.
 """
 
 from __future__ import annotations
@@ -51,11 +51,19 @@ class AccessDecision:
     port_forwarding: bool = False
     client_idle_timeout: float | None = None
     disconnect_expired_cert: bool = False
+    #: What a session does when its recording cannot be stored: ``best_effort``
+    #: (go on unrecorded) or ``strict`` (end it); see :mod:`.recorder`.
+    record_session: str = "best_effort"
     #: The user's roles (names), for the audit log.
     roles: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def strict_recording(self) -> bool:
+        """Whether a session must end when its recording cannot be stored."""
+        return self.record_session == "strict"
 
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any]) -> AccessDecision:
@@ -68,6 +76,7 @@ class AccessDecision:
             port_forwarding=options.get("port_forwarding") is True,
             client_idle_timeout=float(idle) if idle else None,
             disconnect_expired_cert=options.get("disconnect_expired_cert") is True,
+            record_session="strict" if options.get("record_session") == "strict" else "best_effort",
             roles=tuple(str(r) for r in reply.get("roles") or ()),
         )
 

@@ -40,9 +40,19 @@ While the auth service is away the chunks wait and are retried with backoff; the
 session goes on. If the buffer reaches :data:`MAX_BUFFER_BYTES` the session's
 output waits for the upload (backpressure through the pty or pipe, never an
 unbounded buffer). A chunk whose reply was lost is recognised on retry (the auth
-service then expects the next index). If the auth service refuses the upload for
-good, the recording is abandoned: the session continues, the loss is logged, and
-the recording is never marked complete (best effort, never a false "complete").
+service then expects the next index).
+
+**When the recording cannot be stored.** If the auth service refuses the upload
+for good (its disk is full or failing: ``507 storage_failed``; or any other
+refusal), the recording is abandoned: :attr:`Recording.lost` is set with the
+reason, the loss is logged, and the recording is never marked complete (never a
+false "complete"; what was stored stays an incomplete ``.part``). What the
+session does then is the user's roles' ``record_session.ssh`` policy, applied by
+the node's shell (:mod:`.shell`): ``best_effort`` goes on unrecorded with a
+``session.upload`` audit event (``success: false``), ``strict`` ends the session
+with a message. A strict session also waits, before its command starts, until
+the header is stored (:meth:`Recording.wait_stored`), so a disk that is already
+failing ends it before anything runs.
 """
 
 from __future__ import annotations
@@ -104,8 +114,10 @@ class Recording:
         clock: Callable[[], float] = trio.current_time,
         max_buffer: int = MAX_BUFFER_BYTES,
         chunk_bytes: int = CHUNK_BYTES,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.sid = sid
+        self.on_lost = on_lost
         self.clock = clock
         self.max_buffer = max_buffer
         self.chunk_bytes = chunk_bytes
@@ -116,6 +128,14 @@ class Recording:
         self.finished = False
         #: The upload was abandoned (the auth service refused it).
         self.failed = False
+        #: Why it was abandoned (set with :attr:`lost`).
+        self.failure = ""
+        #: Set when the upload is abandoned: the recording cannot be stored
+        #: (``on_lost(reason)`` is called then, once).
+        self.lost = trio.Event()
+        #: Set once a chunk (the first holds the header) is stored.
+        self.stored = trio.Event()
+        self._flush = False
         #: Set once the auth service has the whole recording, marked complete.
         self.completed = trio.Event()
         #: Set when the upload ended, completed or not.
@@ -171,12 +191,39 @@ class Recording:
 
     def fail(self, why: str) -> None:
         """Abandon the recording (it will never be marked complete)."""
-        if not self.failed:
+        first = not self.failed
+        if first:
             log.error("recording of session %s abandoned: %s", self.sid, why)
+            self.failure = why
         self.failed = True
         self._buffer.clear()
         self._wake.set()
         self._drained.set()
+        self.lost.set()
+        if first and self.on_lost is not None:
+            self.on_lost(why)
+
+    def flush(self) -> None:
+        """Ask the uploader to send what is buffered now, not at the next flush time."""
+        self._flush = True
+        self._wake.set()
+
+    async def wait_stored(self) -> bool:
+        """Upload the header now and wait until it is stored (True) or lost (False).
+
+        While the auth service cannot be reached this waits (the chunk is
+        retried); callers bound it with a cancel scope.
+        """
+        self.flush()
+        async with trio.open_nursery() as nursery:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, self.stored)
+            nursery.start_soon(until, self.lost)
+        return self.stored.is_set() and not self.failed
 
     # --- for the uploader -----------------------------------------------------------
 
@@ -194,9 +241,12 @@ class Recording:
     async def wait_chunk(self, within: float) -> None:
         """Return when a chunk is due: enough gathered, the session ended, or ``within`` s."""
         with trio.move_on_after(within):
-            while not (self.finished or self.failed or len(self._buffer) >= self.chunk_bytes):
+            while not (
+                self.finished or self.failed or self._flush or len(self._buffer) >= self.chunk_bytes
+            ):
                 await self._wake.wait()
                 self._wake = trio.Event()
+        self._flush = False
 
 
 class RecordingUploader:
@@ -222,8 +272,22 @@ class RecordingUploader:
         self.max_buffer = max_buffer
         self.active: dict[str, Recording] = {}
 
-    def start(self, sid: str, header: Mapping[str, Any]) -> Recording:
-        recording = Recording(sid, header, max_buffer=self.max_buffer, chunk_bytes=self.chunk_bytes)
+    def start(
+        self,
+        sid: str,
+        header: Mapping[str, Any],
+        *,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> Recording:
+        """Start recording session ``sid``; ``on_lost(reason)`` is called (once, even
+        after the session ended) if the recording is abandoned."""
+        recording = Recording(
+            sid,
+            header,
+            max_buffer=self.max_buffer,
+            chunk_bytes=self.chunk_bytes,
+            on_lost=on_lost,
+        )
         self.active[sid] = recording
         self.nursery.start_soon(self._upload, recording)
         return recording
@@ -240,6 +304,7 @@ class RecordingUploader:
                     if not await self._send(rec, index, data):
                         return
                     index += 1
+                    rec.stored.set()
                 if rec.finished and not rec.pending:
                     break
             if await self._complete(rec, index):

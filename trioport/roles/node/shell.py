@@ -25,6 +25,13 @@ stderr and exit status 1.
 Each shell or command is a session (:mod:`.sessions`): recorded
 (:mod:`.recorder`), reported to the auth service with its parties, and audited
 (``session.start``, ``session.end``, and ``exec`` for a command with its exit code).
+
+If the recording cannot be stored (the auth service's disk refuses it), the
+user's roles' ``record_session.ssh`` decides: ``best_effort`` goes on unrecorded
+and emits ``session.upload`` with ``success: false``; ``strict`` also emits it,
+then tells the user on stderr and ends the session (exit status
+:data:`RECORDING_FAILED_STATUS`). A strict session starts its command only once
+the recording's header is stored.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from .sessions import JOIN_ENV, PARTY_QUEUE, REFRESH_SECONDS, ActiveSession, Ses
 __all__ = [
     "ACCEPT_ENV",
     "NO_ACCOUNT_STATUS",
+    "RECORDING_FAILED_STATUS",
     "SFTP_MODULE",
     "lookup_account",
     "serve_session_channel",
@@ -69,6 +77,10 @@ MAX_ENV = 128
 NO_ACCOUNT_STATUS = 1
 #: The exit status when the shell cannot be started.
 CANNOT_START_STATUS = 127
+#: The exit status of a strict session whose recording cannot be stored.
+RECORDING_FAILED_STATUS = 1
+#: Seconds a strict session waits for its recording's header to be stored.
+STRICT_START_SECONDS = 10.0
 #: PATH for root and for everyone else (Debian's login.defs ENV_SUPATH / ENV_PATH).
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
@@ -320,7 +332,9 @@ async def run_session(
         "height": pty.height_rows if pty is not None else None,
         "time": node.clock(),
     }
-    session.recording = node.uploader.start(sid, header)
+    session.recording = node.uploader.start(
+        sid, header, on_lost=functools.partial(_recording_lost, node, login, session)
+    )
     interactive = pty is not None
     if interactive:
         session.input_send, session.input_receive = trio.open_memory_channel[bytes](64)
@@ -351,6 +365,11 @@ async def run_session(
                 nursery.start_soon(wrapped.pump_client_input)
             nursery.start_soon(_refresh, node, session)
             nursery.start_soon(_hang_up, chan, nursery.cancel_scope)
+            nursery.start_soon(
+                _recording_policy, node, wrapped, login, session, nursery.cancel_scope
+            )
+            if login.access.strict_recording:
+                await _wait_recording_stored(session)
             try:
                 await run_process_on_channel(wrapped, command, policy, full_env, pty)  # type: ignore[arg-type]
             except* (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -374,6 +393,53 @@ async def _hang_up(chan: ChannelStream, scope: trio.CancelScope) -> None:
     before the command does: the command and everything it started are killed."""
     await chan.wait_closed()
     scope.cancel()
+
+
+async def _wait_recording_stored(session: ActiveSession) -> None:
+    """A strict session starts only once its recording is stored; if it cannot be,
+    this never returns (:func:`_recording_policy` ends the session)."""
+    recording = session.recording
+    assert recording is not None
+    with trio.move_on_after(STRICT_START_SECONDS):
+        if await recording.wait_stored():
+            return
+    recording.fail(f"the auth service did not store it within {STRICT_START_SECONDS:g} s")
+    await trio.sleep_forever()
+
+
+async def _recording_policy(
+    node: NodeContext,
+    chan: Any,
+    login: Login,
+    session: ActiveSession,
+    scope: trio.CancelScope,
+) -> None:
+    """Once the recording is lost, end the session if the policy is strict."""
+    recording = session.recording
+    assert recording is not None
+    await recording.lost.wait()
+    if not login.access.strict_recording:
+        log.warning("session %s goes on unrecorded (record_session: best_effort)", session.sid)
+        return
+    log.warning("session %s ends: its recording cannot be stored (strict)", session.sid)
+    await _fail(
+        chan,
+        f"trioport: this session ends because its recording cannot be stored"
+        f" ({recording.failure}); your role requires recording (record_session: strict)",
+        RECORDING_FAILED_STATUS,
+    )
+    scope.cancel()
+
+
+def _recording_lost(node: NodeContext, login: Login, session: ActiveSession, why: str) -> None:
+    """Audit a recording that cannot be stored (during the session or after it)."""
+    node.reporter.emit(
+        audit_log.SESSION_UPLOAD,
+        **_audit(login, session, node),
+        success=False,
+        error=f"the session recording cannot be stored: {why}",
+        record_session=login.access.record_session,
+    )
 
 
 async def _refresh(node: NodeContext, session: ActiveSession) -> None:
