@@ -1,8 +1,11 @@
-"""The proxy's HTTPS port (3080): the endpoints ``tsh`` needs, on Teleport's paths.
+"""The proxy's HTTPS port (3080): tsh's endpoints and the web UI, on Teleport's paths.
 
 HTTP/1.1 (h11) over TLS (trio's ``SSLStream`` with the contexts of
-:mod:`trioport.tls`), keep-alive, one request at a time per connection.
-``docs/http-api.md`` (the proxy section) documents every endpoint:
+:mod:`trioport.tls`), keep-alive, one request at a time per connection
+(:func:`serve_https`). ``docs/http-api.md`` (the proxy and web UI sections)
+documents every endpoint. This module holds the loop and tsh's endpoints
+(:class:`WebAPI`); the browser's (web sessions, their JSON API, the terminal
+websocket, static files) are :mod:`.webui`, which :func:`serve_web` puts in front:
 
 - ``GET /v1/webapi/ping`` and ``GET /webapi/find``: the cluster's name, how users
   authenticate (local users, TOTP) and where the proxy's SSH port is. No
@@ -13,24 +16,27 @@ HTTP/1.1 (h11) over TLS (trio's ``SSLStream`` with the contexts of
   certificate and the cluster's host CA come back.
 - ``GET /v1/webapi/users/password/token/TOKEN`` and
   ``PUT /v1/webapi/users/password/token``: finishing an invite (TOTP enrolment
-  data, then password and a confirming code).
+  data, then password and a confirming code). The web UI answers these (it adds
+  a QR code, and a web session once the invite is done).
 
 Every endpoint that takes a credential or a token is rate-limited per source
 address (Teleport's limits for unauthenticated endpoints: 20 a minute, bursts of
-40), on top of the auth service's own per-user lockout. Bodies are at most
-:data:`MAX_BODY_BYTES`; headers must arrive within :data:`HEADER_TIMEOUT` and the
-TLS handshake within :data:`HANDSHAKE_TIMEOUT` (Teleport's read deadlines); an idle
-keep-alive connection closes after :data:`IDLE_TIMEOUT`. Responses are
-``no-store`` and carry HSTS and the usual hardening headers. Passwords and codes
-are never logged.
+40), on top of the auth service's own per-user lockout. Headers are at most
+:data:`MAX_HEADER_BYTES` and must arrive within :data:`HEADER_TIMEOUT`; bodies are
+at most :data:`MAX_BODY_BYTES` and must arrive within :data:`BODY_TIMEOUT`; the TLS
+handshake has :data:`HANDSHAKE_TIMEOUT` (Teleport's read deadlines); an idle
+keep-alive connection closes after :data:`IDLE_TIMEOUT`. Every response carries
+HSTS and the usual hardening headers (:func:`.webui.http.security_headers`); API
+answers are ``no-store``. Passwords and codes are never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import h11
@@ -58,6 +64,7 @@ from trioport.roles.auth._http import (
 )
 
 from .state import ProxyState
+from .webui.http import API_CSP, HTTPRequest, WebResponse, security_headers
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -66,8 +73,14 @@ __all__ = [
     "LOGIN_BURST",
     "LOGIN_RATE_PER_MINUTE",
     "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
     "SECURITY_HEADERS",
+    "App",
+    "HTTPLink",
     "WebAPI",
+    "send_response",
+    "serve_connection",
+    "serve_https",
     "serve_web",
 ]
 
@@ -75,6 +88,8 @@ log = logging.getLogger("trioport.proxy.web")
 
 #: Largest request body (a login is a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
+#: Largest request header block (h11's default; nginx allows 8 KiB, node.js 80 KiB).
+MAX_HEADER_BYTES = 16 * 1024
 #: Seconds for the TLS handshake, the request headers, and between requests.
 HANDSHAKE_TIMEOUT = 15.0
 HEADER_TIMEOUT = 10.0
@@ -86,15 +101,8 @@ LOGIN_RATE_PER_MINUTE = 20
 LOGIN_BURST = 40
 _RECEIVE_SIZE = 16 * 1024
 
-#: Sent with every response.
-SECURITY_HEADERS = (
-    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
-    ("cache-control", "no-store"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
-)
+#: Sent with every JSON answer (pages get the web UI's content policy instead).
+SECURITY_HEADERS = (*security_headers(API_CSP), ("cache-control", "no-store"))
 
 
 @attrs.frozen
@@ -252,6 +260,47 @@ class WebAPI:
 # --- HTTP/1.1 over TLS -----------------------------------------------------------------------
 
 
+class App(Protocol):
+    """What :func:`serve_https` serves: answers, and websocket upgrades it takes over."""
+
+    async def handle(self, request: HTTPRequest) -> WebResponse: ...
+
+    def wants_upgrade(self, request: HTTPRequest) -> bool: ...
+
+    async def upgrade(self, request: HTTPRequest, link: HTTPLink) -> None: ...
+
+
+@attrs.define(eq=False)
+class HTTPLink:
+    """The connection under a request: h11's state and the (TLS) stream.
+
+    An app that takes a connection over (:meth:`App.upgrade`) answers through
+    :meth:`refuse` (an ordinary response, then the connection closes) or
+    :meth:`switch` (``101 Switching Protocols``; the bytes after the request are
+    returned, to hand to the next protocol).
+    """
+
+    conn: h11.Connection
+    stream: trio.abc.Stream
+
+    async def refuse(self, response: WebResponse) -> None:
+        await send_response(self.conn, self.stream, response, close=True)
+
+    async def switch(self, headers: list[tuple[str, str]]) -> bytes:
+        headers = [*headers, *security_headers(API_CSP), ("server", _SERVER)]
+        out = self.conn.send(h11.InformationalResponse(status_code=101, headers=headers))
+        await self.stream.send_all(out)
+        data, _closed = self.conn.trailing_data
+        return bytes(data)
+
+
+_SERVER = f"trioport-proxy/{__version__}"
+
+
+def _http_date() -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+
+
 async def _next_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> Any:
     while True:
         event = conn.next_event()
@@ -261,20 +310,28 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> A
         return event
 
 
-async def _send(
-    conn: h11.Connection, stream: trio.abc.SendStream, response: Response, *, close: bool = False
+async def send_response(
+    conn: h11.Connection,
+    stream: trio.abc.SendStream,
+    response: WebResponse,
+    *,
+    close: bool = False,
+    head: bool = False,
 ) -> None:
+    """Send ``response`` with the hardening headers (headers only for a HEAD request)."""
     headers = [
         ("content-type", response.content_type),
         ("content-length", str(len(response.body))),
-        ("server", f"trioport-proxy/{__version__}"),
-        ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
-        *SECURITY_HEADERS,
+        ("server", _SERVER),
+        ("date", _http_date()),
+        ("cache-control", response.cache_control),
+        *security_headers(response.csp),
+        *response.headers,
     ]
     if close:
         headers.append(("connection", "close"))
     out = conn.send(h11.Response(status_code=response.status, headers=headers))
-    if response.body:
+    if response.body and not head:  # a HEAD response has headers only (RFC 9110 §9.3.2)
         out += conn.send(h11.Data(data=response.body))
     out += conn.send(h11.EndOfMessage())
     await stream.send_all(out)
@@ -282,7 +339,7 @@ async def _send(
 
 async def _read_request(
     conn: h11.Connection, stream: trio.abc.ReceiveStream, *, first: bool
-) -> tuple[str, str, bytes] | None:
+) -> HTTPRequest | None:
     """The next request, or None when the client is done (or idle too long)."""
     if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
         # The start of the next request: a keep-alive connection may idle a while.
@@ -313,9 +370,71 @@ async def _read_request(
             elif isinstance(part, h11.ConnectionClosed):
                 return None
     try:
-        return event.method.decode("ascii"), event.target.decode("ascii"), bytes(body)
+        method = event.method.decode("ascii")
+        target = event.target.decode("ascii")
     except UnicodeDecodeError:
         raise bad_request("the request line is not ASCII") from None
+    headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+    return HTTPRequest(method, target, headers, bytes(body))
+
+
+async def serve_https(stream: trio.abc.Stream, app: App, peer: Address | None) -> None:
+    """Serve HTTP/1.1 on an established (TLS) stream until the client is done.
+
+    Requests are read whole (headers within :data:`HEADER_TIMEOUT`, at most
+    :data:`MAX_HEADER_BYTES` of them; a body within :data:`BODY_TIMEOUT`, at most
+    :data:`MAX_BODY_BYTES`), answered in order, keep-alive. A request the app
+    wants to upgrade (the terminal websocket) hands the connection over for good.
+
+    Raises:
+        trio.BrokenResourceError: the stream died.
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    first = True
+    while True:
+        error: WebResponse | None = None
+        try:
+            request = await _read_request(conn, stream, first=first)
+        except h11.RemoteProtocolError as exc:
+            error = WebResponse.error(exc.error_status_hint, "bad_request", str(exc))
+        except HTTPError as exc:
+            error = WebResponse.error(exc.status, exc.kind, exc.message)
+        except trio.TooSlowError:
+            error = WebResponse.error(408, "timeout", "the request took too long to arrive")
+        if error is not None:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(h11.LocalProtocolError):
+                    await send_response(conn, stream, error, close=True)
+            return
+        if request is None:
+            return
+        first = False
+        request = attrs.evolve(request, peer=peer)
+        if app.wants_upgrade(request):
+            await app.upgrade(request, HTTPLink(conn, stream))
+            return
+        response = await app.handle(request)
+        await send_response(conn, stream, response, head=request.method == "HEAD")
+        if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+            return
+        conn.start_next_cycle()
+
+
+@attrs.frozen
+class _HandlerApp:
+    """An app of one ``handle(method, target, body, peer)`` function (tsh's endpoints)."""
+
+    handle_fn: Callable[[str, str, bytes, Address | None], Awaitable[Response]]
+
+    async def handle(self, request: HTTPRequest) -> WebResponse:
+        answer = await self.handle_fn(request.method, request.target, request.body, request.peer)
+        return WebResponse.of(answer)
+
+    def wants_upgrade(self, request: HTTPRequest) -> bool:
+        return False
+
+    async def upgrade(self, request: HTTPRequest, link: HTTPLink) -> None:
+        raise AssertionError("no upgrades here")
 
 
 async def serve_connection(
@@ -323,39 +442,12 @@ async def serve_connection(
     handle: Callable[[str, str, bytes, Address | None], Awaitable[Response]],
     peer: Address | None,
 ) -> None:
-    """Serve HTTP/1.1 on an established (TLS) stream until the client is done.
+    """Serve HTTP/1.1 on ``stream`` with one handler function (no web UI).
 
     Raises:
         trio.BrokenResourceError: the stream died.
     """
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
-    first = True
-    while True:
-        try:
-            request = await _read_request(conn, stream, first=first)
-        except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                error = Response.error(exc.error_status_hint, "bad_request", str(exc))
-                await _send(conn, stream, error, close=True)
-            return
-        except HTTPError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                error = Response.error(exc.status, exc.kind, exc.message)
-                await _send(conn, stream, error, close=True)
-            return
-        except trio.TooSlowError:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                error = Response.error(408, "timeout", "the request took too long to arrive")
-                await _send(conn, stream, error, close=True)
-            return
-        if request is None:
-            return
-        first = False
-        response = await handle(*request, peer)
-        await _send(conn, stream, response)
-        if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
-            return
-        conn.start_next_cycle()
+    await serve_https(stream, _HandlerApp(handle), peer)
 
 
 def _peer(stream: trio.SocketStream) -> Address | None:
@@ -371,14 +463,19 @@ async def serve_web(
     ssl_context: Any,
     api: WebAPI,
     *,
+    static_dir: str | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept HTTPS connections on ``listeners`` until cancelled.
 
-    Calls ``task_status.started(addresses)`` once listening. A failing connection
-    (a bad handshake, a broken stream, a bug in a handler) is logged and closed;
-    it never reaches the listener loop.
+    Serves tsh's endpoints (``api``) and the web UI over the same state
+    (:class:`~.webui.WebUI`: its JSON API, the terminal websocket, static files
+    from ``static_dir`` or the package's ``webui/static``). Calls
+    ``task_status.started(addresses)`` once listening. A failing connection (a bad
+    handshake, a broken stream, a bug in a handler) is logged and closed; it never
+    reaches the listener loop.
     """
+    from .webui import WebUI  # the web UI builds on this module's loop
 
     async def one(tcp: trio.SocketStream) -> None:
         peer = _peer(tcp)
@@ -389,7 +486,7 @@ async def serve_web(
             if scope.cancelled_caught:
                 log.info("%s: TLS handshake timed out", peer)
                 return
-            await serve_connection(stream, api.handle, peer)
+            await serve_https(stream, ui, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: connection ended: %s", peer, exc.__cause__ or exc)
         except Exception:
@@ -399,5 +496,7 @@ async def serve_web(
 
     addresses = [listener.socket.getsockname()[:2] for listener in listeners]
     async with trio.open_nursery() as nursery:
+        ui = WebUI(api, static_dir=static_dir)
+        await nursery.start(ui.run)
         await nursery.start(trio.serve_listeners, one, listeners)
         task_status.started(addresses)

@@ -1,0 +1,238 @@
+"""A browser as the web UI tests need one: HTTPS requests with explicit cookies, websockets.
+
+:class:`Browser` keeps no cookie jar of its own: each request carries exactly the
+cookie the test gives it (so a test can replay an old one), and the Set-Cookie
+answers are parsed for the test to inspect. :func:`terminal` opens the terminal
+websocket with trio-websocket; :class:`RawSocket` speaks the websocket by hand
+(wsproto for the handshake and for reading, hand-built frames for writing) so
+a test can send frames no well-behaved client would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+import trio_websocket
+import wsproto
+import wsproto.events as wse
+
+from tests.roles.proxy.cluster import Cluster, ClusterUser
+from trioport.roles.proxy.webui.sessions import COOKIE_NAME
+from trioport.roles.proxy.webui.terminal import SUBPROTOCOL
+from trioport.tls import client_context
+
+
+@dataclass
+class Login:
+    """A logged-in browser's cookie, CSRF token and the login document."""
+
+    cookie: str
+    csrf: str
+    doc: dict[str, Any]
+    set_cookie: str
+
+
+def cookie_attributes(set_cookie: str) -> tuple[str, str, dict[str, str]]:
+    """``(name, value, {attribute (lower-case): value})`` of a Set-Cookie value."""
+    first, *rest = [p.strip() for p in set_cookie.split(";")]
+    name, _, value = first.partition("=")
+    attrs = {}
+    for part in rest:
+        key, _, val = part.partition("=")
+        attrs[key.lower()] = val
+    return name, value, attrs
+
+
+@dataclass
+class Browser:
+    cluster: Cluster
+    origin: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ctx = client_context(cafile=self.cluster.https_cert)
+        self.origin = f"https://{self.cluster.web_addr}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        cookie: str | None = None,
+        csrf: str | None = None,
+        origin: str | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        extra = dict(headers or {})
+        if cookie is not None:
+            extra["cookie"] = f"{COOKIE_NAME}={cookie}"
+        if csrf is not None:
+            extra["x-csrf-token"] = csrf
+        if origin is not None:
+            extra["origin"] = origin
+        async with httpx.AsyncClient(verify=self.ctx, timeout=30) as http:
+            return await http.request(
+                method,
+                f"{self.origin}{path}",
+                json=json_body,
+                content=content,
+                headers=extra,
+            )
+
+    async def login(self, user: ClusterUser, *, cookie: str | None = None) -> Login:
+        body = {
+            "user": user.name,
+            "password": user.password,
+            "second_factor_token": await user.totp.code(),
+        }
+        reply = await self.request(
+            "POST", "/v1/webapi/sessions/web", json_body=body, origin=self.origin, cookie=cookie
+        )
+        assert reply.status_code == 200, reply.text
+        set_cookie = reply.headers["set-cookie"]
+        name, value, _ = cookie_attributes(set_cookie)
+        assert name == COOKIE_NAME
+        doc = reply.json()
+        return Login(value, doc["csrf_token"], doc, set_cookie)
+
+
+def _headers(login: Login | None, origin: str | None) -> list[tuple[bytes, bytes]]:
+    out = []
+    if origin is not None:
+        out.append((b"origin", origin.encode()))
+    if login is not None:
+        out.append((b"cookie", f"{COOKIE_NAME}={login.cookie}".encode()))
+    return out
+
+
+@asynccontextmanager
+async def terminal(
+    browser: Browser,
+    login: Login | None,
+    query: str,
+    *,
+    origin: str | None = "own",
+    bearer: str | None = "own",
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """The terminal websocket (``query`` after ``?``), as a browser opens it."""
+    addr = browser.cluster.web_addr
+    protocols = [SUBPROTOCOL]
+    token = login.csrf if bearer == "own" and login is not None else bearer
+    if token is not None:
+        protocols.append(f"bearer.{token}")
+    async with trio_websocket.open_websocket(
+        addr.host,
+        addr.port,
+        f"/v1/webapi/terminal?{query}",
+        use_ssl=browser.ctx,
+        subprotocols=protocols,
+        extra_headers=_headers(login, browser.origin if origin == "own" else origin),
+        connect_timeout=20,
+        disconnect_timeout=5,
+    ) as ws:
+        yield ws
+
+
+async def read_until(
+    ws: trio_websocket.WebSocketConnection, text: str, *, seconds: float = 20
+) -> tuple[str, list[dict[str, Any]]]:
+    """Messages until the output so far contains ``text``: (output, every message)."""
+    output = ""
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(seconds):
+        while text not in output:
+            message = json.loads(await ws.get_message())
+            seen.append(message)
+            if message["type"] == "output":
+                output += message["data"]
+            elif message["type"] == "close":
+                raise AssertionError(f"closed before {text!r}: {message} after {output!r}")
+    return output, seen
+
+
+class RawSocket:
+    """A websocket spoken by hand over TLS: any frame, masked or not."""
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.events: list[wse.Event] = []
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, browser: Browser, login: Login, query: str) -> AsyncIterator[RawSocket]:
+        addr = browser.cluster.web_addr
+        tcp = await trio.open_tcp_stream(addr.host, addr.port)
+        stream = trio.SSLStream(tcp, browser.ctx, server_hostname=addr.host)
+        raw = cls(stream)
+        async with stream:
+            request = wse.Request(
+                host=str(addr),
+                target=f"/v1/webapi/terminal?{query}",
+                subprotocols=[SUBPROTOCOL, f"bearer.{login.csrf}"],
+                extra_headers=_headers(login, browser.origin),
+            )
+            await stream.send_all(raw.ws.send(request))
+            event = await raw.next_event()
+            assert isinstance(event, wse.AcceptConnection), event
+            yield raw
+
+    async def next_event(self, seconds: float = 20) -> wse.Event:
+        with trio.fail_after(seconds):
+            while not self.events:
+                data = await self.stream.receive_some(65536)
+                self.ws.receive_data(data or None)
+                self.events.extend(self.ws.events())
+        return self.events.pop(0)
+
+    async def next_message(self) -> dict[str, Any]:
+        event = await self.next_event()
+        assert isinstance(event, wse.TextMessage), event
+        return json.loads(event.data)
+
+    async def send_frame(self, opcode: int, payload: bytes, *, masked: bool = True) -> None:
+        """One frame, FIN set (RFC 6455 §5.2)."""
+        head = bytearray([0x80 | opcode])
+        mask_bit = 0x80 if masked else 0
+        n = len(payload)
+        if n < 126:
+            head.append(mask_bit | n)
+        elif n < 65536:
+            head.append(mask_bit | 126)
+            head += struct.pack("!H", n)
+        else:
+            head.append(mask_bit | 127)
+            head += struct.pack("!Q", n)
+        if masked:
+            key = os.urandom(4)
+            head += key
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        await self.stream.send_all(bytes(head) + payload)
+
+    async def close_code(self) -> int:
+        """Read until the server's close frame; its code."""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, wse.CloseConnection):
+                return event.code
+
+
+async def closed_code(ws: trio_websocket.WebSocketConnection, *, seconds: float = 20) -> int:
+    """The close code of a websocket the server is closing (waits for its close frame).
+
+    (Polled rather than read with ``get_message``: trio-websocket leaks its socket
+    when a read ends with ``ConnectionClosed``.)
+    """
+    with trio.fail_after(seconds):
+        while ws.closed is None:  # noqa: ASYNC110 - trio-websocket offers no event
+            await trio.sleep(0.05)
+    return int(ws.closed.code)

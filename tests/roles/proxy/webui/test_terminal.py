@@ -1,0 +1,74 @@
+"""The terminal websocket against a real cluster: a shell on a real node, in a "browser".
+
+The node is the real node service, so the shell runs on a pty as the test's own
+OS account, and the session is recorded and reported to the auth service.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+
+from tests.roles.proxy.cluster import LOGIN, open_cluster
+from tests.roles.proxy.webui.browser import Browser, closed_code, read_until, terminal
+
+
+async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("node1")
+        alice = await cluster.add_user("alice")
+        browser = Browser(cluster)
+        login = await browser.login(alice)
+        query = f"node=node1&login={LOGIN}&cols=100&rows=30"
+        async with terminal(browser, login, query) as ws:
+            assert ws.subprotocol == "trioport.terminal.v1"
+            first = json.loads(await ws.get_message())
+            assert first["type"] == "session"
+            assert first["node"] == "node1" and first["login"] == LOGIN
+            sid = first["sid"]
+            assert sid
+            await ws.send_message(json.dumps({"type": "input", "data": "stty size\r"}))
+            await read_until(ws, "30 100")
+            await ws.send_message(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+            await ws.send_message(
+                json.dumps({"type": "input", "data": "echo hel''lo; stty size\r"})
+            )
+            await read_until(ws, "40 120")
+            active = await browser.request("GET", "/v1/webapi/sessions/active", cookie=login.cookie)
+            assert active.status_code == 200
+            mine = [s for s in active.json()["sessions"] if s["sid"] == sid]
+            assert mine and mine[0]["user"] == "alice" and mine[0]["node_name"] == "node1"
+            await ws.send_message(json.dumps({"type": "input", "data": "exit 3\r"}))
+            with trio.fail_after(20):
+                while True:
+                    message = json.loads(await ws.get_message())
+                    if message["type"] == "close":
+                        break
+            assert message["exit_status"] == 3
+            assert await closed_code(ws) == 1000
+
+        # The recording reaches the auth service, and plays back as events.
+        with trio.fail_after(30):
+            while True:
+                listing = await browser.request("GET", "/v1/webapi/recordings", cookie=login.cookie)
+                assert listing.status_code == 200, listing.text
+                found = [r for r in listing.json()["recordings"] if r["sid"] == sid]
+                if found:
+                    break
+                await trio.sleep(0.2)
+        rec = found[0]
+        assert rec["user"] == "alice" and rec["login"] == LOGIN and rec["node_name"] == "node1"
+        assert rec["size"] > 0 and rec["duration_ms"] >= 0
+        reply = await browser.request("GET", f"/v1/webapi/recordings/{sid}", cookie=login.cookie)
+        assert reply.status_code == 200, reply.text
+        events = reply.json()["events"]
+        assert events[0] == {"t": 0, "type": "r", "data": "100x30"}
+        assert {"type": "r", "data": "120x40"} in [
+            {"type": e["type"], "data": e["data"]} for e in events
+        ]
+        played = "".join(e["data"] for e in events if e["type"] == "o")
+        assert "hello" in played and "40 120" in played
+        times = [e["t"] for e in events]
+        assert times == sorted(times)
