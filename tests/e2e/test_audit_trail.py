@@ -16,9 +16,7 @@ import json
 import os
 import pwd
 import re
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 
 from trioport.roles.node.recorder import parse_recording
 
-from .cluster import CLUSTER, NODENAME, SSH, base_env, free_ports, run
+from .cluster import CLUSTER, NODENAME, run
 from .test_full_path import (
     TSH,
     RunningCluster,
@@ -42,7 +40,7 @@ from .test_full_path import (
     wait_for,
 )
 from .test_full_path import recording as fetch_recording
-from .test_openssh_via_proxy import SFTP, EchoServer
+from .test_openssh_via_proxy import SFTP, EchoServer, forwarded
 
 LOGIN = f"tpaudit{os.getpid()}"
 TARGET = f"{LOGIN}@{NODENAME}.{CLUSTER}"
@@ -82,33 +80,17 @@ def _terminal_session(home: Path) -> tuple[bytes, str]:
 
 def _forward(config: Path) -> str:
     echo = EchoServer()
-    (local_port,) = free_ports(1)
     target = f"127.0.0.1:{echo.port}"
-    process = subprocess.Popen(
-        [
-            *(SSH, "-F", str(config), "-o", "BatchMode=yes", "-N"),
-            *("-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local_port}:{target}", TARGET),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=base_env(),
-    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", local_port), timeout=10)
-                break
-            except ConnectionRefusedError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
-        with conn:
+        with forwarded(config, target, TARGET) as conn:
             conn.sendall(b"ping\n")
-            assert conn.recv(100) == b"PING\n"
+            got = b""
+            while len(got) < 5:
+                chunk = conn.recv(100)
+                assert chunk, got
+                got += chunk
+            assert got == b"PING\n"
     finally:
-        process.terminate()
-        process.wait(10)
         echo.close()
     return target
 

@@ -18,6 +18,7 @@ after ``tsh config`` are covered by ``tests/test_tsh.py`` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
@@ -155,33 +156,57 @@ class EchoServer:
         self.sock.close()
 
 
-def _connect_when_listening(port: int, process: subprocess.Popen[bytes]) -> socket.socket:
+def _connect_when_listening(port: int, process: subprocess.Popen[bytes]) -> socket.socket | None:
+    """A connection to ``ssh -L``'s port once it listens; None if ssh exited first."""
     deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, process.communicate()[1].decode()
+    while process.poll() is None:
         try:
             return socket.create_connection(("127.0.0.1", port), timeout=10)
         except ConnectionRefusedError:
             assert time.monotonic() < deadline, "ssh -L never listened"
             time.sleep(0.1)
+    return None
+
+
+@contextlib.contextmanager
+def forwarded(config: Path, target: str, destination: str = TARGET) -> Iterator[socket.socket]:
+    """``ssh -N -L PORT:TARGET DESTINATION`` through the proxy; a connection to PORT.
+
+    The free port is picked a moment before ssh binds it: if another program took
+    it meanwhile, ssh exits ("Address already in use") and another port is tried.
+    """
+    for _attempt in range(3):
+        (local_port,) = free_ports(1)
+        process = subprocess.Popen(
+            [
+                *(SSH, "-F", str(config), "-o", "BatchMode=yes", "-N"),
+                *("-o", "ExitOnForwardFailure=yes"),
+                *("-L", f"127.0.0.1:{local_port}:{target}", destination),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+        )
+        try:
+            conn = _connect_when_listening(local_port, process)
+            if conn is not None:
+                with conn:
+                    yield conn
+                return
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            _, err = process.communicate(timeout=10)
+        if b"Address already in use" not in err:
+            raise AssertionError(f"ssh -L exited: {err.decode(errors='replace')}")
+    raise AssertionError("ssh -L found no free port in three attempts")
 
 
 def test_ssh_L_forwards_a_local_port_through_the_node(setup: Setup) -> None:
     echo = EchoServer()
-    (local_port,) = free_ports(1)
-    process = subprocess.Popen(
-        [
-            *(SSH, "-F", str(setup.config), "-o", "BatchMode=yes", "-N"),
-            *("-o", "ExitOnForwardFailure=yes"),
-            *("-L", f"127.0.0.1:{local_port}:127.0.0.1:{echo.port}", TARGET),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=base_env(),
-    )
     try:
-        with _connect_when_listening(local_port, process) as conn:
+        with forwarded(setup.config, f"127.0.0.1:{echo.port}") as conn:
             conn.sendall(b"through the tunnel\n")
             got = b""
             while len(got) < 19:
@@ -192,10 +217,6 @@ def test_ssh_L_forwards_a_local_port_through_the_node(setup: Setup) -> None:
         # The node, not the client, made the connection (both on loopback here).
         assert echo.peers and echo.peers[0][0] == "127.0.0.1"
     finally:
-        process.terminate()
-        process.wait(10)
-        assert process.stderr is not None
-        process.stderr.close()
         echo.close()
 
 
@@ -207,14 +228,12 @@ def test_ssh_A_lets_the_node_use_the_clients_agent(setup: Setup) -> None:
     fingerprint = run([SSH_KEYGEN, "-l", "-f", str(key)]).stdout.split()[1]
     agent = subprocess.Popen(
         [SSH_AGENT, "-D", "-a", str(socket_path)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.05)
+        assert agent.stdout is not None
+        assert b"SSH_AUTH_SOCK" in agent.stdout.readline()  # printed once it listens
         env = base_env(SSH_AUTH_SOCK=str(socket_path))
         added = run([SSH_ADD, str(key)], env=env)
         assert added.returncode == 0, added.stderr
@@ -230,3 +249,5 @@ def test_ssh_A_lets_the_node_use_the_clients_agent(setup: Setup) -> None:
     finally:
         agent.terminate()
         agent.wait(10)
+        assert agent.stdout is not None
+        agent.stdout.close()
