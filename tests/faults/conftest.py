@@ -1,9 +1,13 @@
-"""Fault tests: the node tests' in-process cluster (auth + nodes) and a disk that fills up.
+"""Fault tests: the node tests' in-process cluster, a proxy process, a disk that fills up.
 
 The ``cluster`` and ``os_users`` fixtures are the node tests' own
-(:mod:`tests.roles.node.conftest`). :func:`tiny_disk` mounts a small tmpfs (we run
-as root, as the node tests do: sessions run as other OS accounts) that a test
-fills to make every further write fail with ENOSPC, a real disk error.
+(:mod:`tests.roles.node.conftest`): the auth service and nodes in the test's trio
+loop, the auth service restartable on its port. ``proxy`` runs the proxy as
+``trioport run`` in a subprocess (:mod:`tests.e2e.cluster`), so that it can be
+frozen (SIGSTOP) on its own; :func:`proxied_ssh_argv` is OpenSSH through it.
+:func:`tiny_disk` mounts a small tmpfs (we run as root, as the node tests do:
+sessions run as other OS accounts) that a test fills to make every further write
+fail with ENOSPC, a real disk error.
 """
 
 from __future__ import annotations
@@ -12,12 +16,36 @@ import contextlib
 import errno
 import os
 import pathlib
+import shlex
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 
-from tests.roles.node.conftest import cluster, os_users
+import pytest
+import trio
 
-__all__ = ["TinyDisk", "cluster", "os_users", "tiny_disk"]
+from tests.e2e import cluster as e2e
+from tests.roles.node.conftest import (
+    Cluster,
+    NodeHandle,
+    UserFiles,
+    cluster,
+    os_users,
+    ssh_options,
+)
+
+__all__ = [
+    "ProxyProcess",
+    "TinyDisk",
+    "cluster",
+    "os_users",
+    "proxied_ssh_argv",
+    "proxy",
+    "start_proxy",
+    "stop_proxy",
+    "tiny_disk",
+]
 
 
 class TinyDisk:
@@ -66,3 +94,95 @@ def tiny_disk(path: pathlib.Path, size: str = "256k") -> Iterator[TinyDisk]:
         yield TinyDisk(path)
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+# --- a proxy in its own process (``trioport run``), to restart auth or freeze it alone ---
+
+
+@dataclass
+class ProxyProcess:
+    """A proxy run by ``trioport run`` in a subprocess, joined to the test's cluster."""
+
+    process: e2e.Process
+    ssh_port: int
+    web_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.popen.pid
+
+    @property
+    def web(self) -> str:
+        return f"127.0.0.1:{self.web_port}"
+
+
+async def start_proxy(cluster: Cluster) -> ProxyProcess:
+    """Start ``trioport run`` with only the proxy service, joined with a fresh token."""
+    token = (await cluster.admin_call(lambda c: c.add_token(["proxy"])))["token"]
+    ssh_port, web_port = e2e.free_ports(2)
+    config = cluster.tmp / "proxy.yaml"
+    config.write_text(
+        f"""version: v1
+teleport:
+  nodename: fault-proxy
+  data_dir: {cluster.tmp / "proxy"}
+  auth_token: {token}
+  auth_servers: ["127.0.0.1:{cluster.auth_port}"]
+auth_service:
+  enabled: false
+ssh_service:
+  enabled: false
+proxy_service:
+  listen_addr: 127.0.0.1:{ssh_port}
+  web_listen_addr: 127.0.0.1:{web_port}
+"""
+    )
+    # start() blocks until the announcement: in a thread, so that the auth service
+    # (in this trio loop) can answer the proxy's join meanwhile.
+    process = await trio.to_thread.run_sync(e2e.start, config, cluster.tmp / "proxy.log")
+    return ProxyProcess(process, ssh_port, web_port)
+
+
+async def stop_proxy(proxy: ProxyProcess) -> None:
+    if proxy.process.popen.poll() is None:
+        os.kill(proxy.pid, signal.SIGCONT)
+    await trio.to_thread.run_sync(proxy.process.stop)
+
+
+@pytest.fixture
+async def proxy(cluster: Cluster) -> AsyncIterator[ProxyProcess]:
+    started = await start_proxy(cluster)
+    try:
+        yield started
+    finally:
+        await stop_proxy(started)
+
+
+def proxied_ssh_argv(
+    user: UserFiles,
+    proxy: ProxyProcess,
+    node: NodeHandle,
+    login: str,
+    *args: str,
+    options: Mapping[str, str] | None = None,
+) -> list[str]:
+    """OpenSSH's ``ssh`` to ``login`` on ``node`` through the proxy, as ``tsh config`` sets
+    it up: ``ProxyCommand ssh -p PROXY login@proxy -s proxy:%h:%p``."""
+    jump = [
+        e2e.SSH,
+        "-p",
+        str(proxy.ssh_port),
+        *ssh_options(user),
+        f"{login}@127.0.0.1",
+        "-s",
+        "proxy:%h:%p",
+    ]
+    opts = {"ProxyCommand": " ".join(shlex.quote(a) for a in jump), **(options or {})}
+    return [
+        e2e.SSH,
+        "-p",
+        str(node.port),
+        *ssh_options(user, options=opts),
+        f"{login}@{node.name}",
+        *args,
+    ]
