@@ -13,6 +13,7 @@ fail with ENOSPC, a real disk error.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import os
 import pathlib
@@ -21,6 +22,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import trio
@@ -34,6 +36,16 @@ from tests.roles.node.conftest import (
     os_users,
     ssh_options,
 )
+from trioport.config import (
+    Address,
+    AuthService,
+    Config,
+    ConnectionLimits,
+    Global,
+    ProxyService,
+    SSHService,
+)
+from trioport.roles.node import service as node_service
 
 __all__ = [
     "ProxyProcess",
@@ -42,6 +54,7 @@ __all__ = [
     "os_users",
     "proxied_ssh_argv",
     "proxy",
+    "start_node_with_keepalive",
     "start_proxy",
     "stop_proxy",
     "tiny_disk",
@@ -186,3 +199,48 @@ def proxied_ssh_argv(
         f"{login}@{node.name}",
         *args,
     ]
+
+
+async def start_node_with_keepalive(
+    cluster: Cluster, *, interval: float, count: int, name: str = "node1"
+) -> NodeHandle:
+    """A node (as :meth:`Cluster.start_node` starts one) whose SSH server sends a
+    keepalive after ``interval`` s of silence and drops a connection after ``count``
+    unanswered ones (``teleport.connection_limits.keep_alive_*``)."""
+    token = (await cluster.admin_call(lambda c: c.add_token(["node"])))["token"]
+    config = Config(
+        teleport=Global(
+            nodename=name,  # type: ignore[arg-type]
+            data_dir=str(cluster.tmp / name),
+            auth_token=token,
+            auth_servers=[Address("127.0.0.1", cluster.auth_port)],
+            connection_limits=ConnectionLimits(
+                keep_alive_interval=dt.timedelta(seconds=interval),
+                keep_alive_count_max=count,
+            ),
+        ),
+        auth_service=AuthService(enabled=False),
+        proxy_service=ProxyService(enabled=False),
+        ssh_service=SSHService(listen_addr=Address("127.0.0.1", 0), labels={"env": "test"}),  # type: ignore[arg-type]
+    )
+    scope = trio.CancelScope()
+    handle = NodeHandle(name=name, config=config, port=0, scope=scope)
+
+    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await node_service.serve(
+                    config,
+                    task_status=task_status,
+                    heartbeat_interval=0.5,
+                    access_cache_seconds=0.5,
+                    recording_flush_seconds=0.2,
+                    reconnect_max_delay=0.5,
+                )
+        finally:
+            handle.finished.set()
+
+    addresses = await cluster.nursery.start(run)
+    handle.port = addresses[0][1]
+    cluster.nodes.append(handle)
+    return handle
