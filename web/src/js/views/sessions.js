@@ -43,7 +43,7 @@ export function render(container, ctx) {
       "tr",
       { dataset: { sid: s.sid } },
       h("td", {}, s.user),
-      h("td", {}, `${s.login}@${s.node_name || s.node}`, s.kind && s.kind !== "ssh" ? h("span", { class: "muted" }, ` (${s.kind})`) : ""),
+      h("td", {}, `${s.login}@${s.node_name || s.node}`, s.kind && !["ssh", "interactive"].includes(s.kind) ? h("span", { class: "muted" }, ` (${s.kind})`) : ""),
       h("td", {}, formatTime(s.created)),
       h("td", {}, h("ul", { class: "parties" }, parties)),
       h("td", { class: "actions" }, join),
