@@ -171,6 +171,7 @@ def test_a_command_is_a_session_with_its_start_end_and_exec_events(work: Work) -
         assert event["session_kind"] == "exec"
         assert event["addr.remote"] == failed["addr.remote"]
     assert start["code"] == "T2000I" and end["code"] == "T2004I"
+    assert start["command"] == "exit 3"
     assert end["exit_code"] == 3
     assert end["participants"] == ["erin"]
     assert start["time"] <= end["time"] <= failed["time"]

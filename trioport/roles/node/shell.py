@@ -222,6 +222,7 @@ async def serve_session_channel(
                 node.reporter.emit(
                     audit_log.SUBSYSTEM_FAILURE,
                     **login.audit_fields(),
+                    server_hostname=node.hostname,
                     success=False,
                     name=request.name,
                     error="no such subsystem on this node",
@@ -284,7 +285,13 @@ async def _subsystem(
 ) -> None:
     handler = _subsystem_handler(policy, name)
     assert handler is not None  # checked before the request was accepted
-    node.reporter.emit(audit_log.SUBSYSTEM, **login.audit_fields(), success=True, name=name)
+    node.reporter.emit(
+        audit_log.SUBSYSTEM,
+        **login.audit_fields(),
+        server_hostname=node.hostname,
+        success=True,
+        name=name,
+    )
     await handler(chan)
 
 
@@ -353,6 +360,8 @@ async def run_session(
     if pty is not None:
         start_fields["size"] = f"{pty.width_chars}:{pty.height_rows}"
         start_fields["term"] = pty.term
+    if command is not None:
+        start_fields["command"] = command
     if "SSH_AUTH_SOCK" in env:
         start_fields["agent_forwarding"] = True
     node.reporter.emit(audit_log.SESSION_START, **_audit(login, session, node), **start_fields)
