@@ -33,7 +33,7 @@ from trioport.roles.auth._http import RateLimiter
 from trioport.roles.auth.api import AuthAPI, Identity, IdentityKind
 from trioport.roles.auth.server import AuthServer
 from trioport.roles.auth.users import LOGIN_FAILED
-from trioport.sshproto.certs import CertType, check_certificate
+from trioport.sshproto.certs import Certificate, CertType, check_certificate
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
 
 from .conftest import START, FakeClock, totp_now
@@ -287,8 +287,36 @@ async def test_invite_completed_through_a_proxy(
     status, done = await call(api, proxy, "POST", f"/v1/invites/{invite['token']}", body)
     assert status == 200, done
     assert done["user"]["spec"]["status"]["state"] == "active"
+    assert "certificate" not in done  # no key asked for, none given
     status, _again = await call(api, proxy, "POST", f"/v1/invites/{invite['token']}", body)
     assert status == 401
+
+
+async def test_an_invite_completed_with_a_key_comes_back_with_a_certificate(
+    api: AuthAPI, auth: AuthServer, clock: FakeClock
+) -> None:
+    status, invite = await call(
+        api, ADMIN, "POST", "/v1/users", {"name": "cleo", "logins": ["cleo"]}
+    )
+    assert status == 200
+    proxy = host(IdentityKind.PROXY, str(uuid.UUID(int=3)), "proxy1")
+    path = f"/v1/invites/{invite['token']}"
+    status, enrolment = await call(api, proxy, "POST", path + "/totp")
+    body = {"password": PASSWORD, "totp_code": totp_now(enrolment["secret"], clock)}
+    # A key that cannot be certified is refused before the invite is spent ...
+    bad = {**body, "public_key": "ssh-ed25519 AAAA not-a-key"}
+    status, reply = await call(api, proxy, "POST", path, bad)
+    assert status == 400, reply
+    # ... so the same invite still works with a good one.
+    key = PrivateKey.generate("ssh-ed25519")
+    status, done = await call(
+        api, proxy, "POST", path, {**body, "public_key": key.public.openssh_line(), "ttl": 600}
+    )
+    assert status == 200, done
+    cert = public_key_from_line(done["certificate"])
+    assert isinstance(cert, Certificate) and cert.key == key.public
+    assert cert.key_id == "cleo" and "cleo" in cert.principals
+    assert cert.valid_before - cert.valid_after <= 600 + 60
 
 
 async def test_user_names_starting_with_a_dash_are_reserved(api: AuthAPI) -> None:

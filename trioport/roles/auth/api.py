@@ -77,7 +77,7 @@ from ._storage import decode, encode
 from .ca import authorized_keys_line, known_hosts_line
 from .nodes import NodeStatus, check_host_id
 from .recordings import MAX_CHUNK_BYTES, RecordingStorageError, check_session_id
-from .server import AuthServer
+from .server import AuthServer, certifiable_key
 from .users import Invite, invite_url
 
 __all__ = [
@@ -561,13 +561,28 @@ class AuthAPI:
     @_route("POST", "/v1/invites/{token}", hosts=_PROXIES)
     async def _complete_invite(self, who: Identity, req: Request) -> Any:
         body = req.json()
+        # With a public key, the new user also gets a certificate (the web UI's
+        # invite lands her logged in). The key is checked before the invite is
+        # used, so a bad key does not spend it.
+        key_line = field_opt_str(body, "public_key")
+        key = certifiable_key(key_line) if key_line is not None else None
+        ttl = field_opt_number(body, "ttl")
         user = await self.auth.users.complete_invite(
             req.params["token"],
             field_str(body, "password"),
             field_str(body, "totp_code"),
             remote_addr=field_opt_str(body, "remote_addr") or who.remote_addr,
         )
-        return {"user": to_dict(user)}
+        if key is None:
+            return {"user": to_dict(user)}
+        cert = await self.auth.user_certificate(user.metadata.name, key, ttl=ttl)
+        return {
+            "user": to_dict(user),
+            "certificate": cert.openssh_line(),
+            "valid_after": cert.valid_after,
+            "valid_before": cert.valid_before,
+            "principals": list(cert.principals),
+        }
 
     # --- users ------------------------------------------------------------------------
 

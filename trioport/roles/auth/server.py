@@ -77,7 +77,7 @@ class LoginResult:
 _CERTIFIABLE = frozenset(plain for plain, _fields in CERTIFICATE_KEY_TYPES.values())
 
 
-def _public_key(key: PublicKey | str) -> PublicKey:
+def certifiable_key(key: PublicKey | str) -> PublicKey:
     """The plain public key to certify, checked before anything is spent on it.
 
     Raises:
@@ -143,7 +143,7 @@ class AuthServer:
         }
         try:
             service_role = ServiceRole(role.value if isinstance(role, ServiceRole) else role)
-            key = _public_key(public_key)
+            key = certifiable_key(public_key)
             check_node_name(node_name)
             new_host = host_id is None
             host = str(uuid.uuid4()) if host_id is None else check_host_id(host_id)
@@ -203,7 +203,7 @@ class AuthServer:
             ValueError: a malformed address or role.
         """
         service_role = ServiceRole(role.value if isinstance(role, ServiceRole) else role)
-        key = _public_key(public_key)
+        key = certifiable_key(public_key)
         try:
             identity = await self.nodes.get_identity(host_id)
         except NotFound:
@@ -242,7 +242,7 @@ class AuthServer:
             AuthenticationFailed: with :data:`~.users.LOGIN_FAILED`, whatever failed.
             KeyFormatError: the public key is not a plain key we can certify.
         """
-        key = _public_key(public_key)
+        key = certifiable_key(public_key)
         found = await self.users.authenticate(user, password, totp_code, remote_addr=remote_addr)
         certificate = await self._sign_user(found, key, ttl)
         return LoginResult(found, certificate, self.ca.host_ca)
@@ -256,7 +256,7 @@ class AuthServer:
             NotFound: no such user.
         """
         found = await self.users.get(user)
-        return await self._sign_user(found, _public_key(public_key), ttl)
+        return await self._sign_user(found, certifiable_key(public_key), ttl)
 
     async def _sign_user(self, user: User, key: PublicKey, ttl: float | None) -> Certificate:
         roles = await self.roles.get_many(user.spec.roles)
