@@ -329,8 +329,11 @@ async def test_counting_listener_limits_and_stops_accepting() -> None:
             with pytest.raises(OSError):
                 await trio.open_tcp_stream("127.0.0.1", port)
             assert await talks(first) and await talks(elsewhere)
-            for stream in (first, extra, elsewhere):
-                await stream.aclose()
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(listener.wait_all_closed)
+                for stream in (first, extra, elsewhere):
+                    await stream.aclose()
+            assert listener.open_connections == 0
             nursery.cancel_scope.cancel()
 
 

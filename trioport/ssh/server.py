@@ -473,6 +473,11 @@ class CountingListener(trio.abc.Listener[trio.abc.Stream]):
         self._stopped = True
         self.listener.socket.close()
 
+    async def wait_all_closed(self) -> None:
+        """Wait until every accepted connection has been closed."""
+        while self.gate.total > 0:
+            await self.gate.changed()
+
     async def aclose(self) -> None:
         self._stopped = True
         await self.listener.aclose()

@@ -34,9 +34,10 @@ credentials or tokens.
 
 **Stopping gracefully.** With ``stop`` set, the proxy stops accepting on both
 ports (their sockets close, so new connections are refused), disconnects the SSH
-connections that relay nothing, and lets the others (sessions relayed to nodes)
-run until they end or ``connection_limits.shutdown_timeout`` passes; then it
-disconnects them with the reason "the proxy is shutting down" and returns.
+connections that relay nothing, and lets the others (sessions relayed to nodes,
+HTTPS connections and web terminals) run until they end or
+``connection_limits.shutdown_timeout`` passes; then it disconnects the SSH ones
+with the reason "the proxy is shutting down", closes the rest, and returns.
 """
 
 from __future__ import annotations
@@ -385,6 +386,10 @@ async def serve(
                 log.info("proxy stopping: no new connections on %s or %s", ssh_addrs, web_addrs)
                 for listener in web_listeners:
                     listener.stop_accepting()
-        # The SSH side has drained (serve_ssh returned): close the rest.
+                # HTTPS requests and web terminals get the same time as SSH sessions.
+                with trio.move_on_after(shutdown_timeout):
+                    for listener in web_listeners:
+                        await listener.wait_all_closed()
+        # Both sides have drained (serve_ssh returned): close the rest.
         log.info("proxy stopped")
         nursery.cancel_scope.cancel()
