@@ -71,7 +71,7 @@ from trioport.sshproto.certs import Certificate, CertificateCheckResult, CertTyp
 from trioport.sshproto.keys import parse_public_key
 
 from .router import Route, Target, parse_target
-from .state import ProxyState
+from .state import OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
 
 __all__ = [
     "COPY_SIZE",
@@ -224,7 +224,13 @@ class ProxySSHHandler(SSHHandler):
     # --- expiry and idleness ------------------------------------------------------------
 
     async def _options(self, user: ProxyUser) -> dict[str, object] | None:
-        """The user's role options, or None when the auth service cannot say."""
+        """The user's role options (reused briefly), or None when the auth service
+        cannot say."""
+        cache = self.state.role_options
+        now = trio.current_time()
+        cached = cache.get(user.name)
+        if cached is not None and now - cached[0] < OPTIONS_FRESH_SECONDS:
+            return cached[1]
         try:
             client = await self.state.auth()
             info = await client.access(user.name, labels={})
@@ -232,7 +238,12 @@ class ProxySSHHandler(SSHHandler):
             log.warning("cannot fetch the role options of %s: %s", user.name, exc)
             return None
         options = info.get("options") if info.get("known") else None
-        return options if isinstance(options, dict) else None
+        if not isinstance(options, dict):
+            return None
+        if len(cache) >= OPTIONS_CACHE_SIZE:
+            cache.clear()
+        cache[user.name] = (now, options)
+        return options
 
     async def _enforce(self, conn: SSHConnection, user: ProxyUser) -> None:
         """Disconnect ``conn`` when the certificate expires or it idles too long."""

@@ -36,12 +36,16 @@ from trioport.sshproto.keys import PublicKey, public_key_from_line
 
 from .router import NodeRouter
 
-__all__ = ["AUTH_WAIT_SECONDS", "AuthLink", "ProxyState"]
+__all__ = ["AUTH_WAIT_SECONDS", "OPTIONS_FRESH_SECONDS", "AuthLink", "ProxyState"]
 
 log = logging.getLogger("trioport.proxy")
 
 #: How long a request waits for the auth service to come back.
 AUTH_WAIT_SECONDS = 10.0
+#: Seconds a user's role options from the auth service are reused.
+OPTIONS_FRESH_SECONDS = 10.0
+#: Users whose options are kept at most.
+OPTIONS_CACHE_SIZE = 10_000
 #: Reconnection backoff, in seconds.
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
@@ -166,6 +170,8 @@ class ProxyState:
         clock: the wall clock, for certificate validity.
         idle_timeout: seconds a logged-in connection may move no channel data
             before it is disconnected (None: no limit); roles may shorten it.
+        role_options: users' role options as the auth service last gave them,
+            with when (trio's clock); reused for :data:`OPTIONS_FRESH_SECONDS`.
     """
 
     cluster_name: str
@@ -180,6 +186,7 @@ class ProxyState:
     public_addr: Address | None = None
     clock: Callable[[], float] = time.time
     idle_timeout: float | None = None
+    role_options: dict[str, tuple[float, dict[str, Any]]] = attrs.Factory(dict)
 
     async def auth(self) -> AuthClient:
         """The auth API client (see :meth:`AuthLink.client`)."""
