@@ -295,9 +295,9 @@ class ConnectionLimits:
     #: Open connections per service, authenticated or not.
     max_connections: int = 15000
     #: Open connections per service from one source address.
-    max_connections_per_source: int = 2000
+    max_connections_per_source: int = 5000
     #: Distinct source addresses with open connections to a service at once.
-    max_users: int = 1000
+    max_users: int = 10000
     #: Connections that have not finished authenticating, all sources together.
     max_unauthenticated: int = 100
     #: Connections that have not finished authenticating, from one source address.

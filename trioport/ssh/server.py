@@ -64,10 +64,10 @@ class ServerLimits:
     login_grace: float = 30.0
     #: Open connections at once, authenticated or not (Teleport: 15000).
     max_connections: int = 15000
-    #: Open connections at once from one source address.
-    max_connections_per_source: int = 2000
-    #: Distinct source addresses with open connections at once.
-    max_sources: int = 1000
+    #: Open connections at once from one source address (None: no such limit).
+    max_connections_per_source: int | None = None
+    #: Distinct source addresses with open connections at once (None: no such limit).
+    max_sources: int | None = None
     #: Unauthenticated connections at once, in all (OpenSSH MaxStartups' hard limit is 100).
     max_unauthenticated: int = 100
     #: Unauthenticated connections at once from one source address.
@@ -102,12 +102,12 @@ class _Gate:
         lim = self.limits
         if self.total >= lim.max_connections:
             return f"too many connections (at most {lim.max_connections})"
-        if self.by_source[source] >= lim.max_connections_per_source:
-            return (
-                f"too many connections from your address (at most {lim.max_connections_per_source})"
-            )
-        if source not in self.by_source and len(self.by_source) >= lim.max_sources:
-            return f"too many client addresses connected (at most {lim.max_sources})"
+        per_source = lim.max_connections_per_source
+        if per_source is not None and self.by_source[source] >= per_source:
+            return f"too many connections from your address (at most {per_source})"
+        sources = lim.max_sources
+        if sources is not None and source not in self.by_source and len(self.by_source) >= sources:
+            return f"too many client addresses connected (at most {sources})"
         self.total += 1
         self.by_source[source] += 1
         return None
