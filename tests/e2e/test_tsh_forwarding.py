@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -158,6 +159,24 @@ async def test_local_forwarding_reaches_a_tcp_service_through_the_node(tmp_path:
         done = [e for e in events if e.get("user") == "alice" and e.get("success")]
         assert len(done) >= 3
         assert all(e.get("addr", "").endswith(f":{echo_port}") for e in done)
+
+        # -N: nothing runs on the node; forwarding lasts until Ctrl-C.
+        (port,) = free_ports(1)
+        forwarding = await start_tsh(
+            cluster, home, "ssh", "-N", "-L", f"{port}:127.0.0.1:{echo_port}", "web1"
+        )
+        with trio.fail_after(30):
+            while True:  # until tsh listens
+                try:
+                    back = await round_trip(port, b"with -N\n")
+                except OSError:
+                    await trio.sleep(0.1)
+                    continue
+                break
+        assert back == b"with -N\n"
+        forwarding.process.send_signal(signal.SIGINT)
+        status, err = await forwarding.finish()
+        assert status == 130, err
 
         # A port that is already taken is a clear error before anything runs.
         with trio.socket.socket() as taken:
