@@ -636,7 +636,9 @@ async def _ssh_one(
                 )
             if args.no_command:
                 await conn.wait_closed()  # forward until interrupted, or the node hangs up
-                status = 0
+                why = f": {conn.error}" if conn.error is not None else ""
+                _warn(f"error: the connection to the node ended{why}")
+                status = SSH_FAILURE
             else:
                 status = await _run_session(
                     conn,
