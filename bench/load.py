@@ -26,8 +26,11 @@ clients in this process using the library ``tsh`` uses:
 - **nodes**: NODES simulated nodes (own token, key, certificate and connection
   each; see :mod:`tests.load.heartbeats`) joining and heartbeating to one auth
   service in its own process (``load.py serve-auth CONFIG``, the join rate limit
-  lifted in it), on SQLite and on etcd: joins/s, heartbeats/s, latency, and the
-  auth service's memory per connected node;
+  lifted in it), on SQLite and on etcd: first a burst (3 heartbeats each, all
+  nodes at once: the most it absorbs), then paced as nodes send them (every
+  10 s from a random start, 3 each: the offered rate is NODES / 10 per second);
+  joins/s, heartbeats/s, failures, latency, and the auth service's memory per
+  connected node;
 - **sshd-idle** (the OpenSSH figure beside *idle*): SSHD_IDLE ``ssh -N`` clients
   held against one of Debian's ``sshd`` (started as ``bench/peers.py`` does): the
   proportional set size (PSS) of sshd's per-connection processes, per connection.
@@ -57,6 +60,8 @@ sys.path.insert(0, str(ROOT))
 import benchlib  # noqa: E402
 
 RESULTS = BENCH / "results"
+#: A node's heartbeat interval (trioport.roles.node.heartbeat.HEARTBEAT_INTERVAL).
+PACED_INTERVAL = 10.0
 SCENARIOS = ("sessions", "idle", "stalled", "cycles", "nodes", "sshd-idle")
 FULL = {"sessions": 500, "idle": 1000, "nodes": 5000, "cycles": 10000, "stall": 30.0, "sshd": 200}
 QUICK = {"sessions": 50, "idle": 200, "nodes": 500, "cycles": 300, "stall": 10.0, "sshd": 50}
@@ -138,6 +143,7 @@ def nodes_on(backend: str, count: int, work: pathlib.Path) -> dict[str, Any]:
                 work / "data",
                 count,
                 rounds=3,
+                then=[(3, PACED_INTERVAL)],
                 auth_pid=process.pid,
             )
         )
@@ -397,6 +403,17 @@ def render(doc: dict[str, Any]) -> str:
             f" {n['rounds']} each; p50 {_ms(lat['p50'])} ms, p99 {_ms(lat['p99'])} ms);"
             f" auth memory {_kb(n['auth_rss_per_node'])} per connected node |"
         )
+        for p in n.get("then") or []:
+            plat = p["latency_ms"]
+            lines.append(
+                f"| the same {n['connected']} nodes, {backend}, each every"
+                f" {p['interval']:.0f} s (a node's interval), {p['rounds']} each"
+                f" | offered {p['offered_per_second']:.0f}/s, **absorbed"
+                f" {p['heartbeats_per_second']:.0f}/s**, {p['heartbeats']} answered,"
+                f" **{p['failed']} failed**"
+                f"{' (first: ' + p['errors'][0] + ')' if p['errors'] else ''};"
+                f" p50 {_ms(plat['p50'])} ms, p99 {_ms(plat['p99'])} ms |"
+            )
     lines += [
         "",
         "Memory is the server process's resident set (VmRSS) while everything is held"
@@ -452,7 +469,9 @@ def run(args: argparse.Namespace, work: pathlib.Path) -> dict[str, Any]:
                 out["stalled"] = _attempt(
                     "stalled reader",
                     lambda: trio.run(
-                        lambda: h.stalled_reader(server, user, seconds=args.stall, interval=0.5)
+                        lambda: h.stalled_reader(
+                            server, user, keys=max(3, int(args.stall / 0.5)), interval=0.5
+                        )
                     ),
                 )
             if "cycles" in wanted:

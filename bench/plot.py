@@ -122,6 +122,14 @@ def main() -> int:
     for backend, n in (load.get("nodes") or {}).items():
         if "error" not in n:
             beats.append((f"{n['nodes']} nodes at once, {backend}", n["heartbeats_per_second"]))
+            for p in n.get("then") or []:
+                beats.append(
+                    (
+                        f"{n['connected']} nodes every {p['interval']:.0f} s, {backend}"
+                        f" (offered {p['offered_per_second']:.0f})",
+                        p["heartbeats_per_second"],
+                    )
+                )
     for f in figures:
         if f.what.startswith("heartbeats per second over SSH"):
             for part in f.trioport.split(";"):

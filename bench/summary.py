@@ -387,11 +387,22 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
         figures.append(
             Figure(
                 f"heartbeats per second, {n['nodes']} simulated nodes at once, {backend}",
-                _fmt(n["heartbeats_per_second"]),
+                f"{_fmt(n['heartbeats_per_second'])} ({n.get('failed', 0)} failed)",
                 "—",
                 src,
             )
         )
+        for p in n.get("then") or []:
+            figures.append(
+                Figure(
+                    f"{n['connected']} nodes heartbeating every {p['interval']:.0f} s,"
+                    f" {backend}: offered → absorbed per second",
+                    f"{_fmt(p['offered_per_second'])} → {_fmt(p['heartbeats_per_second'])}"
+                    f" ({p['failed']} of {p['failed'] + p['heartbeats']} failed)",
+                    "—",
+                    src,
+                )
+            )
     st = doc.get("stalled") or {}
     if st and "error" not in st:
         figures.append(

@@ -60,6 +60,8 @@ PASSWORD = "correct horse battery staple"
 LOGIN = getpass.getuser()
 #: Seconds ``trioport run`` may take to announce itself.
 START_TIMEOUT = 60.0
+#: Seconds one connect/authenticate/exec/exit cycle may take before it counts as failed.
+CYCLE_TIMEOUT = 60.0
 #: Seconds resources may take to come back to the baseline after clients close.
 SETTLE_TIMEOUT = 20.0
 
@@ -524,13 +526,14 @@ async def idle_connections(
 
 
 async def stalled_reader(
-    server: Server, user: Login, *, seconds: float = 10.0, interval: float = 0.5
+    server: Server, user: Login, *, keys: int = 20, interval: float = 0.5
 ) -> dict[str, Any]:
     """``yes`` into a client that stops reading, beside a session that keeps typing.
 
-    The stalled session reads 64 KiB and then nothing. Every ``interval`` the
-    server's RSS is sampled and the other session types one key and waits for its
-    echo. Returns the samples, the echoes, and what was left after both closed.
+    The stalled session reads 64 KiB and then nothing. Then, ``keys`` times, the
+    server's RSS is sampled, the other session types one key and waits for its
+    echo, and ``interval`` seconds pass. Returns the samples, the echoes, and what
+    was left after both closed.
     """
     baseline = await trio.to_thread.run_sync(server.resources)
     samples: list[tuple[float, int]] = []
@@ -546,24 +549,24 @@ async def stalled_reader(
         chan = await open_pty_cat(typing_conn)
         pending = bytearray()
         t0 = time.perf_counter()
-        k = 0
-        while time.perf_counter() - t0 < seconds:
+        for k in range(keys):
             samples.append((time.perf_counter() - t0, rss_bytes(server.pid)))
             try:
-                with trio.fail_after(30):
+                with trio.fail_after(60):
                     echoes.append(await keystroke(chan, bytes([ord("a") + k % 26]), pending))
             except Exception as exc:
                 errors.append(_error(exc))
                 break
-            k += 1
             await trio.sleep(interval)
+        samples.append((time.perf_counter() - t0, rss_bytes(server.pid)))
         status = await end_pty_cat(chan)
         await trio.aclose_forcefully(stalled)
     after = await settle(server, baseline, ("fds", "children", "open_connections"))
     rss = [r for _, r in samples]
     third = max(1, len(rss) // 3)
     return {
-        "seconds": seconds,
+        "keys": keys,
+        "seconds": samples[-1][0],
         "samples": samples,
         "baseline": baseline,
         "after": after,
@@ -590,17 +593,31 @@ async def connect_cycles(
 
     async def cycle() -> None:
         try:
-            async with tsh_ssh(server, user) as node:
-                result = await node.run("true")
-                statuses.append(result.exit_status)
+            # A user would give up on `true` long before this; count it as an error.
+            with trio.fail_after(CYCLE_TIMEOUT):
+                async with tsh_ssh(server, user) as node:
+                    result = await node.run("true")
+                    statuses.append(result.exit_status)
         except Exception as exc:
             errors.append(_error(exc))
 
+    admin = ClientIdentity.load(server.data_dir / "admin")
+
+    async def exec_events(since: float) -> int:
+        async with connect_auth(server.auth, admin) as client:
+            found = await client.search_events(
+                since=since - 1, events=["exec"], limit=10 * (cycles + warmup) + 1000
+            )
+        return sum(1 for e in found if e.get("user") == user.name and _after(e, since))
+
+    start = time.time()
     for _ in range(warmup):
         await cycle()
     statuses.clear()
-    await trio.sleep(1.0)
-    admin = ClientIdentity.load(server.data_dir / "admin")
+    # The node reports audit events in the background: let the warm-up's arrive first.
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while await exec_events(start) < warmup and time.monotonic() < deadline:  # noqa: ASYNC110
+        await trio.sleep(0.25)  # polling another process's audit log
     since = time.time()
     baseline = await settle(server, {}, ())
     t0 = time.perf_counter()
@@ -625,23 +642,16 @@ async def connect_cycles(
     elapsed = time.perf_counter() - t0
     after = await settle(server, baseline, ("fds", "children", "open_connections", "tmp_files"))
     # The node sends its audit events in the background: wait for the last ones.
-    exec_events: list[dict[str, Any]] = []
+    audited = 0
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    async with connect_auth(server.auth, admin) as client:
-        while True:
-            exec_events = await client.search_events(
-                since=since - 1, events=["exec"], limit=cycles + warmup + 1000
-            )
-            exec_events = [e for e in exec_events if e.get("time", since) and _after(e, since)]
-            if len(exec_events) >= cycles or time.monotonic() > deadline:
-                break
-            await trio.sleep(0.25)
+    while (audited := await exec_events(since)) < cycles and time.monotonic() < deadline:  # noqa: ASYNC110
+        await trio.sleep(0.25)  # polling another process's audit log
     return {
         "cycles": cycles,
         "parallel": parallel,
         "errors": errors,
         "exit_statuses_zero": sum(1 for s in statuses if s == 0),
-        "exec_events": len(exec_events),
+        "exec_events": audited,
         "seconds": elapsed,
         "cycles_per_second": cycles / elapsed if elapsed else 0.0,
         "baseline": baseline,

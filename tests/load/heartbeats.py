@@ -17,11 +17,13 @@ limit in the process that runs the auth service, for the duration of a run only.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +123,41 @@ def auth_config(data_dir: Path, backend: str, etcd_url: str | None = None) -> Co
     return config
 
 
+@dataclass
+class _Phase:
+    rounds: int
+    interval: float | None
+    go: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    finished: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    started: float = 0.0
+    ended: float = 0.0
+
+    def result(self, nodes: int) -> dict[str, Any]:
+        seconds = self.ended - self.started
+        return {
+            "rounds": self.rounds,
+            "interval": self.interval,
+            "offered_per_second": nodes / self.interval if self.interval else None,
+            "heartbeats": len(self.latencies),
+            "failed": len(self.errors),
+            "errors": self.errors,
+            "heartbeat_seconds": seconds,
+            "heartbeats_per_second": len(self.latencies) / seconds if seconds else 0.0,
+            "latency_ms": _summary_ms(self.latencies),
+        }
+
+
 async def heartbeating_nodes(
     auth: Address,
     data_dir: Path,
     nodes: int,
     *,
     rounds: int = 3,
+    interval: float | None = None,
+    then: Sequence[tuple[int, float | None]] = (),
     parallel: int = 8,
     auth_pid: int | None = None,
 ) -> dict[str, Any]:
@@ -135,8 +166,22 @@ async def heartbeating_nodes(
     Args:
         auth: the auth service.
         data_dir: its data directory (the administrator's identity is there).
+        rounds: heartbeats each node sends.
+        interval: None: every node sends its next heartbeat as soon as the last is
+            answered, all nodes at once (a burst: the most the service absorbs).
+            A number: a node's first heartbeat comes at a random moment within
+            ``interval`` and the next ones ``interval`` after the one before, as
+            nodes do (``trioport.roles.node.heartbeat.HEARTBEAT_INTERVAL``): the
+            offered rate is ``nodes / interval``.
+        then: more phases, ``(rounds, interval)`` each, by the same nodes over the
+            same connections, reported under ``"then"``.
         parallel: joins and connection handshakes at a time.
         auth_pid: the auth service's process, to sample its memory (None: skip).
+
+    Returns:
+        The join and connection figures, the first phase's figures at the top
+        level, and the others' in a list under ``"then"``. ``errors`` holds the
+        failed joins and connections and the first phase's failed heartbeats.
     """
     admin = ClientIdentity.load(data_dir / "admin")
     errors: list[str] = []
@@ -165,15 +210,19 @@ async def heartbeating_nodes(
             nursery.start_soon(join, i)
     join_seconds = time.perf_counter() - t0
 
-    latencies: list[float] = []
+    phases = [_Phase(rounds, interval), *(_Phase(r, i) for r, i in then)]
     connected = 0
+    failed_connections = 0
     all_connected = trio.Event()
-    go = trio.Event()
-    finished = 0
-    beat_started = beat_ended = 0.0
+    rng = random.Random(5)
+
+    def finish(phase: _Phase) -> None:
+        phase.finished += 1
+        if phase.finished == len(joined):
+            phase.done.set()
 
     async def node_loop(i: int, host_id: str, name: str, identity: ClientIdentity) -> None:
-        nonlocal connected, finished
+        nonlocal connected, failed_connections
         report = Node(
             metadata=Metadata(name=host_id, labels={"env": "load", "i": str(i)}),  # type: ignore[arg-type]
             spec=NodeSpec(hostname=name, addr=f"127.0.0.1:{3022 + i % 1000}"),
@@ -182,22 +231,36 @@ async def heartbeating_nodes(
             async with gate:
                 cm = connect_auth(auth, identity, max_channels=1)
                 node = await cm.__aenter__()
-            try:
-                connected += 1
-                if connected == len(joined):
-                    all_connected.set()
-                await go.wait()
-                for _ in range(rounds):
-                    t = time.perf_counter()
-                    await node.heartbeat(report)
-                    latencies.append(time.perf_counter() - t)
-            finally:
-                await cm.__aexit__(None, None, None)
         except Exception as exc:
-            errors.append("heartbeat: " + _error(exc))
-            all_connected.set()
+            errors.append("connect: " + _error(exc))
+            failed_connections += 1
+            if connected + failed_connections == len(joined):
+                all_connected.set()
+            for phase in phases:
+                finish(phase)
+            return
+        try:
+            connected += 1
+            if connected + failed_connections == len(joined):
+                all_connected.set()
+            for phase in phases:
+                await phase.go.wait()
+                try:
+                    if phase.interval is not None:
+                        await trio.sleep(rng.uniform(0, phase.interval))
+                    for r in range(phase.rounds):
+                        t = time.perf_counter()
+                        try:
+                            await node.heartbeat(report)
+                            phase.latencies.append(time.perf_counter() - t)
+                        except Exception as exc:  # a failed heartbeat: the node tries again
+                            phase.errors.append("heartbeat: " + _error(exc))
+                        if phase.interval is not None and r < phase.rounds - 1:
+                            await trio.sleep(max(0.0, phase.interval - (time.perf_counter() - t)))
+                finally:
+                    finish(phase)
         finally:
-            finished += 1
+            await cm.__aexit__(None, None, None)
 
     rss_held = None
     async with trio.open_nursery() as nursery:
@@ -206,9 +269,12 @@ async def heartbeating_nodes(
         if joined:
             await all_connected.wait()
         rss_held = rss_bytes(auth_pid) if auth_pid else None
-        beat_started = time.perf_counter()
-        go.set()
-    beat_ended = time.perf_counter()
+        for phase in phases:
+            phase.started = time.perf_counter()
+            phase.go.set()
+            if joined:
+                await phase.done.wait()
+            phase.ended = time.perf_counter()
 
     async with connect_auth(auth, admin) as client:
         listed = {
@@ -216,20 +282,17 @@ async def heartbeating_nodes(
             for n in await client.list_nodes()
             if str(n.get("hostname", "")).startswith("sim") and n.get("online")
         }
-    seconds = beat_ended - beat_started
+    first = phases[0].result(nodes)
     return {
         "nodes": nodes,
         "joined": len(joined),
         "connected": connected,
-        "rounds": rounds,
-        "heartbeats": len(latencies),
-        "errors": errors,
+        **first,
+        "errors": errors + first["errors"],
+        "then": [p.result(nodes) for p in phases[1:]],
         "listed": len(listed),
         "join_seconds": join_seconds,
         "joins_per_second": len(joined) / join_seconds if join_seconds else 0.0,
-        "heartbeat_seconds": seconds,
-        "heartbeats_per_second": len(latencies) / seconds if seconds else 0.0,
-        "latency_ms": _summary_ms(latencies),
         "auth_rss_before": rss0,
         "auth_rss_connected": rss_held,
         "auth_rss_per_node": (rss_held - rss0) / max(1, connected) if rss0 and rss_held else None,
