@@ -207,6 +207,26 @@ async def test_a_refused_login_says_which_rule_refused_it(tmp_path: Path) -> Non
         )
 
 
+async def test_an_unknown_node_lists_the_nodes_she_can_reach(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("web1")
+        await cluster.add_node("db1")
+        gina = await cluster.add_user("gina")
+        home = tmp_path / "tsh"
+        await login(cluster, home, gina)
+        for args in (("ssh", "web9", "true"), ("scp", "web9:notes.txt", str(tmp_path))):
+            done = await tsh(cluster, home, *args)
+            assert done.returncode == (255 if args[0] == "ssh" else 1)
+            assert one_line(done) == (
+                f"error: no node 'web9' in cluster '{cluster.name}'; nodes you can reach: db1, web1"
+            )
+        await wait_for_event(
+            cluster,
+            "session.rejected",
+            lambda e: e.get("user") == "gina" and "web9" in str(e.get("error")),
+        )
+
+
 async def test_a_node_whose_host_certificate_has_another_name_is_refused(
     tmp_path: Path,
 ) -> None:
