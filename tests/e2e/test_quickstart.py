@@ -218,7 +218,7 @@ def test_an_invited_user_sets_a_password_and_totp_with_tsh_invite_and_logs_in(
     )
     assert again.returncode == 1
     assert again.stderr.strip().count("\n") == 0
-    assert "invalid or has expired" in again.stderr
+    assert "expired or was already used" in again.stderr
 
 
 def test_tsh_ls_shows_the_node(alice: tuple[Invited, Path, str]) -> None:
