@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import trio
-import trio_websocket
 import wsproto
 import wsproto.events as wse
 
@@ -114,76 +113,66 @@ def _headers(login: Login | None, origin: str | None) -> list[tuple[bytes, bytes
     return out
 
 
-@asynccontextmanager
-async def terminal(
-    browser: Browser,
-    login: Login | None,
-    query: str,
-    *,
-    origin: str | None = "own",
-    bearer: str | None = "own",
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """The terminal websocket (``query`` after ``?``), as a browser opens it."""
-    addr = browser.cluster.web_addr
-    protocols = [SUBPROTOCOL]
-    token = login.csrf if bearer == "own" and login is not None else bearer
-    if token is not None:
-        protocols.append(f"bearer.{token}")
-    async with trio_websocket.open_websocket(
-        addr.host,
-        addr.port,
-        f"/v1/webapi/terminal?{query}",
-        use_ssl=browser.ctx,
-        subprotocols=protocols,
-        extra_headers=_headers(login, browser.origin if origin == "own" else origin),
-        connect_timeout=20,
-        disconnect_timeout=5,
-    ) as ws:
-        yield ws
+class Rejected(Exception):
+    """The server answered the websocket handshake with an HTTP status, not 101."""
 
-
-async def read_until(
-    ws: trio_websocket.WebSocketConnection, text: str, *, seconds: float = 20
-) -> tuple[str, list[dict[str, Any]]]:
-    """Messages until the output so far contains ``text``: (output, every message)."""
-    output = ""
-    seen: list[dict[str, Any]] = []
-    with trio.fail_after(seconds):
-        while text not in output:
-            message = json.loads(await ws.get_message())
-            seen.append(message)
-            if message["type"] == "output":
-                output += message["data"]
-            elif message["type"] == "close":
-                raise AssertionError(f"closed before {text!r}: {message} after {output!r}")
-    return output, seen
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
 class RawSocket:
-    """A websocket spoken by hand over TLS: any frame, masked or not."""
+    """A websocket client over TLS: wsproto for the protocol, and raw frames on demand.
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    It answers pings only when ``pong`` is true, so a test can play a dead client.
+    """
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], *, pong: bool = True) -> None:
         self.stream = stream
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.events: list[wse.Event] = []
+        self.pong = pong
+        self.subprotocol: str | None = None
+        self.close: wse.CloseConnection | None = None
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, browser: Browser, login: Login, query: str) -> AsyncIterator[RawSocket]:
+    async def open(
+        cls,
+        browser: Browser,
+        login: Login | None,
+        query: str,
+        *,
+        origin: str | None = "own",
+        bearer: str | None = "own",
+        pong: bool = True,
+    ) -> AsyncIterator[RawSocket]:
+        """Open the terminal websocket as a browser would (Origin, bearer, cookie).
+
+        Raises:
+            Rejected: the server refused the handshake.
+        """
         addr = browser.cluster.web_addr
+        protocols = [SUBPROTOCOL]
+        token = login.csrf if bearer == "own" and login is not None else bearer
+        if token is not None:
+            protocols.append(f"bearer.{token}")
         tcp = await trio.open_tcp_stream(addr.host, addr.port)
         stream = trio.SSLStream(tcp, browser.ctx, server_hostname=addr.host)
-        raw = cls(stream)
+        raw = cls(stream, pong=pong)
         async with stream:
             request = wse.Request(
                 host=str(addr),
                 target=f"/v1/webapi/terminal?{query}",
-                subprotocols=[SUBPROTOCOL, f"bearer.{login.csrf}"],
-                extra_headers=_headers(login, browser.origin),
+                subprotocols=protocols,
+                extra_headers=_headers(login, browser.origin if origin == "own" else origin),
             )
             await stream.send_all(raw.ws.send(request))
             event = await raw.next_event()
+            if isinstance(event, wse.RejectConnection):
+                raise Rejected(event.status_code)
             assert isinstance(event, wse.AcceptConnection), event
+            raw.subprotocol = event.subprotocol
             yield raw
 
     async def next_event(self, seconds: float = 20) -> wse.Event:
@@ -191,17 +180,40 @@ class RawSocket:
             while not self.events:
                 data = await self.stream.receive_some(65536)
                 self.ws.receive_data(data or None)
-                self.events.extend(self.ws.events())
+                for event in self.ws.events():
+                    if isinstance(event, wse.Ping) and self.pong:
+                        await self.stream.send_all(self.ws.send(event.response()))
+                    elif isinstance(event, wse.CloseConnection):
+                        self.close = event
+                        if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                            await self.stream.send_all(self.ws.send(event.response()))
+                    self.events.append(event)
         return self.events.pop(0)
 
-    async def next_message(self) -> dict[str, Any]:
-        event = await self.next_event()
-        assert isinstance(event, wse.TextMessage), event
-        return json.loads(event.data)
+    async def get_message(self) -> str:
+        """The next text message (pings and pongs skipped); a close raises Closed."""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, wse.TextMessage):
+                assert event.message_finished  # the server sends whole messages
+                return event.data
+            if isinstance(event, wse.CloseConnection):
+                raise Closed(event.code, event.reason)
 
-    async def send_frame(self, opcode: int, payload: bytes, *, masked: bool = True) -> None:
-        """One frame, FIN set (RFC 6455 §5.2)."""
-        head = bytearray([0x80 | opcode])
+    async def next_message(self) -> dict[str, Any]:
+        return json.loads(await self.get_message())
+
+    async def send_message(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(wse.Message(data=text)))
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.send_message(json.dumps(message))
+
+    async def send_frame(
+        self, opcode: int, payload: bytes, *, masked: bool = True, fin: bool = True
+    ) -> None:
+        """One frame as given, bypassing wsproto (RFC 6455 §5.2)."""
+        head = bytearray([(0x80 if fin else 0) | opcode])
         mask_bit = 0x80 if masked else 0
         n = len(payload)
         if n < 126:
@@ -220,19 +232,59 @@ class RawSocket:
 
     async def close_code(self) -> int:
         """Read until the server's close frame; its code."""
-        while True:
-            event = await self.next_event()
-            if isinstance(event, wse.CloseConnection):
-                return event.code
+        while self.close is None:
+            await self.next_event()
+        return self.close.code
 
 
-async def closed_code(ws: trio_websocket.WebSocketConnection, *, seconds: float = 20) -> int:
-    """The close code of a websocket the server is closing (waits for its close frame).
+class Closed(Exception):
+    """The server closed the websocket."""
 
-    (Polled rather than read with ``get_message``: trio-websocket leaks its socket
-    when a read ends with ``ConnectionClosed``.)
-    """
+    def __init__(self, code: int, reason: str | None) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def terminal(
+    browser: Browser,
+    login: Login | None,
+    query: str,
+    *,
+    origin: str | None = "own",
+    bearer: str | None = "own",
+    pong: bool = True,
+) -> Any:
+    """The terminal websocket (``query`` after ``?``), opened as a browser opens it."""
+    return RawSocket.open(browser, login, query, origin=origin, bearer=bearer, pong=pong)
+
+
+async def read_until(ws: RawSocket, text: str, *, seconds: float = 20) -> str:
+    """Output until it contains ``text``; returns the output."""
+    output = ""
     with trio.fail_after(seconds):
-        while ws.closed is None:  # noqa: ASYNC110 - trio-websocket offers no event
-            await trio.sleep(0.05)
-    return int(ws.closed.code)
+        while text not in output:
+            message = await ws.next_message()
+            if message["type"] == "output":
+                output += message["data"]
+            elif message["type"] == "close":
+                raise AssertionError(f"closed before {text!r}: {message} after {output!r}")
+    return output
+
+
+async def shell_ready(ws: RawSocket) -> None:
+    """Wait until the shell runs commands (its start-up files have run).
+
+    A shell killed while its start-up files run can leave things half done (a
+    login shell's rc files may take locks), so every test lets the shell start.
+    """
+    await ws.send_json({"type": "input", "data": "echo rea''dy\r"})
+    await read_until(ws, "ready\r\n")
+
+
+async def until_close_message(ws: RawSocket, *, seconds: float = 20) -> dict[str, Any]:
+    """Skip output until the server's ``close`` message; return it."""
+    with trio.fail_after(seconds):
+        while (message := await ws.next_message())["type"] != "close":
+            pass
+    return message

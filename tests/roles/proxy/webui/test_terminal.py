@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from tests.roles.proxy.cluster import LOGIN, open_cluster
-from tests.roles.proxy.webui.browser import Browser, closed_code, read_until, terminal
+from tests.roles.proxy.webui.browser import Browser, read_until, terminal, until_close_message
 
 
 async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -> None:
@@ -24,14 +24,14 @@ async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -
         query = f"node=node1&login={LOGIN}&cols=100&rows=30"
         async with terminal(browser, login, query) as ws:
             assert ws.subprotocol == "trioport.terminal.v1"
-            first = json.loads(await ws.get_message())
+            first = await ws.next_message()
             assert first["type"] == "session"
             assert first["node"] == "node1" and first["login"] == LOGIN
             sid = first["sid"]
             assert sid
-            await ws.send_message(json.dumps({"type": "input", "data": "stty size\r"}))
+            await ws.send_json({"type": "input", "data": "stty size\r"})
             await read_until(ws, "30 100")
-            await ws.send_message(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+            await ws.send_json({"type": "resize", "cols": 120, "rows": 40})
             await ws.send_message(
                 json.dumps({"type": "input", "data": "echo hel''lo; stty size\r"})
             )
@@ -40,14 +40,10 @@ async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -
             assert active.status_code == 200
             mine = [s for s in active.json()["sessions"] if s["sid"] == sid]
             assert mine and mine[0]["user"] == "alice" and mine[0]["node_name"] == "node1"
-            await ws.send_message(json.dumps({"type": "input", "data": "exit 3\r"}))
-            with trio.fail_after(20):
-                while True:
-                    message = json.loads(await ws.get_message())
-                    if message["type"] == "close":
-                        break
-            assert message["exit_status"] == 3
-            assert await closed_code(ws) == 1000
+            await ws.send_json({"type": "input", "data": "exit 3\r"})
+            message = await until_close_message(ws)
+            assert message["exit_status"] == 3 and message["reason"] == "exited"
+            assert await ws.close_code() == 1000
 
         # The recording reaches the auth service, and plays back as events.
         with trio.fail_after(30):

@@ -334,10 +334,12 @@ class WebUI:
         if not isinstance(code, str):
             raise bad_request("second_factor_token: expected the TOTP code as a string")
         token = field_str(body, "token")
-        key = PrivateKey.generate()
+        # A browser (it sends Origin with every PUT) lands logged in: the auth
+        # service certifies a key made for a new web session. tsh's invite client
+        # sends no Origin and gets the user's name only.
+        key = PrivateKey.generate() if request.header("origin") is not None else None
+        extra = {"public_key": key.public.openssh_line(), "ttl": SESSION_TTL} if key else {}
         client = await self.state.auth()
-        # An auth service that can certify a key at the end of an invite does so
-        # (the user lands logged in); one that cannot ignores the extra fields.
         try:
             reply = await client.call(
                 "POST",
@@ -346,8 +348,7 @@ class WebUI:
                     "password": field_str(body, "password"),
                     "totp_code": code,
                     "remote_addr": str(request.peer) if request.peer else None,
-                    "public_key": key.public.openssh_line(),
-                    "ttl": SESSION_TTL,
+                    **extra,
                 },
             )
         except AuthenticationFailed as exc:
@@ -357,7 +358,7 @@ class WebUI:
         user = reply["user"]["metadata"]["name"]
         line = reply.get("certificate")
         cert = public_key_from_line(line) if isinstance(line, str) else None
-        if isinstance(cert, Certificate) and cert.key == key.public:
+        if key is not None and isinstance(cert, Certificate) and cert.key == key.public:
             roles = list(reply["user"].get("spec", {}).get("roles") or [])
             return await self._start_session(request, cert.key_id, key, cert, roles)
         return {"user": user}  # no csrf_token: the browser shows the login form
@@ -478,9 +479,8 @@ class WebUI:
         kinds = [t for v in req.query.get("type", []) for t in v.split(",") if t]
         user = req.arg("user") or None
         client = await self._client(session)
-        found = await client.search_events(
-            since=since, until=until, events=kinds, limit=10_000 if user else limit
-        )
+        # The auth service answers oldest first: ask for the most it gives, keep the newest.
+        found = await client.search_events(since=since, until=until, events=kinds, limit=10_000)
         if user:
             found = [e for e in found if e.get("user") == user]
         found = found[-limit:]

@@ -92,4 +92,5 @@ def qr_svg(uri: str) -> str:
     code.make(fit=True)
     out = io.BytesIO()
     code.make_image().save(out)
-    return out.getvalue().decode("utf-8")
+    text = out.getvalue().decode("utf-8")
+    return text[text.index("<svg") :]  # no XML declaration: the page embeds it

@@ -105,6 +105,8 @@ SEND_TIMEOUT = 30.0
 DIAL_TIMEOUT = 10.0
 #: Seconds to wait for the browser's close frame after ours.
 CLOSE_WAIT = 2.0
+#: Bytes read and dropped at most while waiting for the browser's close frame.
+_MAX_DRAIN = 4 * 1024 * 1024
 #: Bytes read from the node at once.
 _READ_SIZE = 32 * 1024
 _MAX_SIZE = 1000
@@ -228,8 +230,23 @@ class WebSocket:
                 await self._send(wse.CloseConnection(code=code, reason=reason[:120]))
             except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+        # Read (and drop) what the browser still sends until its close frame: closing
+        # a socket with unread data would reset the connection, and the browser
+        # might never see our close frame and its code.
+        drained = 0
         with trio.move_on_after(CLOSE_WAIT):
-            await self.peer_closed.wait()
+            while not self.peer_closed.is_set() and drained < _MAX_DRAIN:
+                try:
+                    data = await self.stream.receive_some(64 * 1024)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                drained += len(data)
+                self.conn.receive_data(data)
+                for event in self.conn.events():
+                    if isinstance(event, wse.CloseConnection):
+                        self.peer_closed.set()
 
     async def receive(self) -> dict[str, Any]:
         """The next message from the browser, as a JSON object.
