@@ -56,6 +56,7 @@ import trio
 
 from trioport.authclient import ADMIN_USER, JOIN_USER, SUBSYSTEM, ClientIdentity
 from trioport.config import Address, Config
+from trioport.diag import process_health
 from trioport.errors import (
     AuthenticationFailed,
     ChannelOpenError,
@@ -79,6 +80,7 @@ from . import audit_log
 from .api import AuthAPI, Identity, IdentityKind
 from .nodes import check_host_id, check_node_name
 from .server import AuthServer, open_auth_server
+from .storage_health import watch_storage
 from .users import BCRYPT_COST
 
 __all__ = [
@@ -488,6 +490,7 @@ async def serve(
         listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_renew_admin, auth, data_dir / ADMIN_DIR, admin)
+            nursery.start_soon(watch_storage, backend, process_health())
             addresses = await nursery.start(
                 serve_ssh, listeners, ssh_config, lambda: AuthSSHHandler(api), _limits(config)
             )
