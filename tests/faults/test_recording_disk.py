@@ -107,6 +107,7 @@ async def _started(cluster: Cluster, user: str) -> str:
 async def _lost(cluster: Cluster, sid: str) -> dict[str, Any]:
     """The audit event saying ``sid``'s recording could not be stored."""
     event = await _event(cluster, "session.upload", sid=sid, success=False)
+    assert event["code"] == "T2005E"
     assert NO_SPACE in event["error"]
     return event
 

@@ -76,6 +76,7 @@ __all__ = [
     "SESSION_REJECTED",
     "SESSION_START",
     "SESSION_UPLOAD",
+    "SESSION_UPLOAD_FAILURE",
     "SFTP",
     "SFTP_FAILURE",
     "SFTP_FSETSTAT",
@@ -146,6 +147,8 @@ RESIZE = EventCode("resize", "T2002I")
 SESSION_LEAVE = EventCode("session.leave", "T2003I")
 SESSION_END = EventCode("session.end", "T2004I")
 SESSION_UPLOAD = EventCode("session.upload", "T2005I")
+#: A recording that could not be stored (the auth service's disk, or a refusal).
+SESSION_UPLOAD_FAILURE = EventCode("session.upload", "T2005E")
 SESSION_DATA = EventCode("session.data", "T2006I")
 SESSION_RECORDING_ACCESS = EventCode("session.recording.access", "T2012I")
 SUBSYSTEM = EventCode("subsystem", "T3001I")

@@ -443,7 +443,7 @@ async def _recording_policy(
 def _recording_lost(node: NodeContext, login: Login, session: ActiveSession, why: str) -> None:
     """Audit a recording that cannot be stored (during the session or after it)."""
     node.reporter.emit(
-        audit_log.SESSION_UPLOAD,
+        audit_log.SESSION_UPLOAD_FAILURE,
         **_audit(login, session, node),
         success=False,
         error=f"the session recording cannot be stored: {why}",
