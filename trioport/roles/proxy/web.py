@@ -100,6 +100,10 @@ BODY_TIMEOUT = 30.0
 LOGIN_RATE_PER_MINUTE = 20
 LOGIN_BURST = 40
 _RECEIVE_SIZE = 16 * 1024
+#: After refusing a request, what the client still sends is read and dropped for
+#: this long, up to this much, before the connection closes.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 
 #: Sent with every JSON answer (pages get the web UI's content policy instead).
 SECURITY_HEADERS = (*security_headers(API_CSP), ("cache-control", "no-store"))
@@ -353,6 +357,15 @@ async def _read_request(
     if isinstance(event, h11.ConnectionClosed):
         return None
     assert isinstance(event, h11.Request)
+    # h11 bounds only a head that is still incomplete; one that arrived whole in a
+    # single read is measured here, so the limit does not depend on how TCP and
+    # TLS cut the bytes.
+    head_size = len(event.method) + len(event.target) + 12
+    head_size += sum(len(name) + len(value) + 4 for name, value in event.headers)
+    if head_size > MAX_HEADER_BYTES:
+        raise HTTPError(
+            431, "too_large", f"the request's headers are at most {MAX_HEADER_BYTES} bytes"
+        )
     too_large = HTTPError(413, "too_large", f"a request body is at most {MAX_BODY_BYTES} bytes")
     for name, value in event.headers:
         if name == b"content-length" and int(value) > MAX_BODY_BYTES:
@@ -376,6 +389,19 @@ async def _read_request(
         raise bad_request("the request line is not ASCII") from None
     headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
     return HTTPRequest(method, target, headers, bytes(body))
+
+
+async def _linger(stream: trio.abc.ReceiveStream) -> None:
+    """Read and drop what the client still sends, briefly, before the connection closes.
+
+    Closing a socket with unread data resets the connection, and the client may
+    then lose the error answer it was just sent (a lingering close, as Apache's).
+    """
+    dropped = 0
+    with trio.move_on_after(LINGER_SECONDS):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while dropped < LINGER_BYTES and (data := await stream.receive_some(_RECEIVE_SIZE)):
+                dropped += len(data)
 
 
 async def serve_https(stream: trio.abc.Stream, app: App, peer: Address | None) -> None:
@@ -405,6 +431,7 @@ async def serve_https(stream: trio.abc.Stream, app: App, peer: Address | None) -
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 with contextlib.suppress(h11.LocalProtocolError):
                     await send_response(conn, stream, error, close=True)
+                await _linger(stream)
             return
         if request is None:
             return
