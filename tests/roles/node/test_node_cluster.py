@@ -219,6 +219,15 @@ async def test_agent_forwarding_only_when_roles_allow(cluster: Cluster) -> None:
         assert plain.stdout == b"sock=\n"
         start = await cluster.admin_call(lambda c: c.search_events(events=["session.start"]))
         assert any(e.get("agent_forwarding") is True and e["user"] == "alice" for e in start)
+
+        async def agent_events() -> list[dict[str, Any]]:
+            found = await cluster.admin_call(lambda c: c.search_events(events=["agent.forward"]))
+            return found if {e["user"] for e in found} >= {"alice", "carol"} else []
+
+        events = {e["user"]: e for e in await wait_for(agent_events)}
+        assert (events["alice"]["code"], events["alice"]["success"]) == ("TP001I", True)
+        assert (events["carol"]["code"], events["carol"]["success"]) == ("TP001E", False)
+        assert "forward_agent" in events["carol"]["error"]
     finally:
         agent.terminate()
         await agent.wait()

@@ -49,6 +49,8 @@ from trioport.resources import AuditEvent, AuditEventSpec, Metadata
 from trioport.store.backend import Clock
 
 __all__ = [
+    "AGENT_FORWARD",
+    "AGENT_FORWARD_FAILURE",
     "AUTH_ATTEMPT_FAILURE",
     "CERT_CREATE",
     "CLIENT_DISCONNECT",
@@ -156,6 +158,10 @@ SUBSYSTEM_FAILURE = EventCode("subsystem", "T3001E")
 EXEC = EventCode("exec", "T3002I")
 EXEC_FAILURE = EventCode("exec", "T3002E")
 PORT_FORWARD = EventCode("port", "T3003I")
+#: ``ssh -A``: agent forwarding granted or refused on a session (Teleport has no
+#: event of its own for it; trioport's code sits in a range Teleport does not use).
+AGENT_FORWARD = EventCode("agent.forward", "TP001I")
+AGENT_FORWARD_FAILURE = EventCode("agent.forward", "TP001E")
 PORT_FORWARD_FAILURE = EventCode("port", "T3003E")
 SCP_DOWNLOAD = EventCode("scp", "T3004I")
 SCP_UPLOAD = EventCode("scp", "T3005I")

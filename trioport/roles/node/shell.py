@@ -211,6 +211,21 @@ async def serve_session_channel(
             path = None
             if policy is not None and policy.agent_forwarding is not None and agent_socket is None:
                 path = agent_socket = await policy.agent_forwarding(chan)
+            if path is not None:
+                node.reporter.emit(
+                    audit_log.AGENT_FORWARD,
+                    **login.audit_fields(),
+                    server_hostname=node.hostname,
+                    success=True,
+                )
+            elif agent_socket is None:
+                node.reporter.emit(
+                    audit_log.AGENT_FORWARD_FAILURE,
+                    **login.audit_fields(),
+                    server_hostname=node.hostname,
+                    success=False,
+                    error=_agent_refusal(login),
+                )
             await chan.reply(req, path is not None)
         elif isinstance(request, ev.Shell | ev.Exec | ev.Subsystem):
             if (
@@ -438,6 +453,17 @@ async def _recording_policy(
         RECORDING_FAILED_STATUS,
     )
     scope.cancel()
+
+
+def _agent_refusal(login: Login) -> str:
+    if not login.certificate.permit_agent_forwarding:
+        return (
+            "the certificate does not permit agent forwarding"
+            " (no role allowed it when it was issued: options.forward_agent)"
+        )
+    if not login.access.forward_agent:
+        return "no role of the user allows agent forwarding (options.forward_agent)"
+    return "agent forwarding could not be set up on the node"
 
 
 def _recording_lost(node: NodeContext, login: Login, session: ActiveSession, why: str) -> None:
