@@ -384,6 +384,12 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
         if "error" in n:
             notes.append(f"nodes on {backend} failed: {n['error']}")
             continue
+        if n.get("failed"):
+            notes.append(
+                f"{n['failed']} of the {n['failed'] + n['heartbeats']} heartbeats of the burst"
+                f" on {backend} ({n['connected']} nodes at once) failed, for example:"
+                f" {n['errors'][-1] if n['errors'] else '?'}"
+            )
         figures.append(
             Figure(
                 f"heartbeats per second, {n['nodes']} simulated nodes at once, {backend}",
