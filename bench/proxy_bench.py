@@ -40,6 +40,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -502,6 +503,8 @@ def main() -> int:
     args.size = args.size or parse_size("64M" if args.quick else "256M")
     args.runs = args.runs or (10 if args.quick else 30)
     args.repeat = args.repeat or (1 if args.quick else 3)
+    # SIGTERM (timeout(1), a CI runner) unwinds like Ctrl-C, so every server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="trioport-proxy-bench-") as tmp:
