@@ -12,7 +12,13 @@ from pathlib import Path
 import trio
 
 from tests.roles.proxy.cluster import LOGIN, open_cluster
-from tests.roles.proxy.webui.browser import Browser, read_until, terminal, until_close_message
+from tests.roles.proxy.webui.browser import (
+    Browser,
+    read_until,
+    shell_ready,
+    terminal,
+    until_close_message,
+)
 
 
 async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -> None:
@@ -68,3 +74,29 @@ async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -
         assert "hello" in played and "40 120" in played
         times = [e["t"] for e in events]
         assert times == sorted(times)
+
+
+async def test_a_second_browser_joins_the_session_and_both_see_it(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("node1")
+        alice = await cluster.add_user("alice")
+        bob = await cluster.add_user("bob")
+        browser = Browser(cluster)
+        a, b = await browser.login(alice), await browser.login(bob)
+        async with terminal(browser, a, f"node=node1&login={LOGIN}") as owner:
+            sid = (await owner.next_message())["sid"]
+            await shell_ready(owner)
+            active = await browser.request("GET", "/v1/webapi/sessions/active", cookie=b.cookie)
+            assert sid in [s["sid"] for s in active.json()["sessions"]]  # bob can find it
+            async with terminal(browser, b, f"node=node1&login={LOGIN}&sid={sid}") as guest:
+                joined = await guest.next_message()
+                assert joined["type"] == "session" and joined["sid"] == sid
+                await owner.send_json({"type": "input", "data": "echo from-al''ice\r"})
+                await read_until(guest, "from-alice")
+                await guest.send_json({"type": "input", "data": "echo from-b''ob\r"})
+                await read_until(owner, "from-bob")
+                await guest.send_json({"type": "close"})
+                assert (await until_close_message(guest))["reason"] == "closed by the browser"
+            # The owner's shell goes on after the guest left.
+            await owner.send_json({"type": "input", "data": "echo still-h''ere\r"})
+            await read_until(owner, "still-here")

@@ -211,7 +211,10 @@ class WebSocket:
             ):
                 raise _Closed(self.close_code or GOING_AWAY)
             data = self.conn.send(event)
-            with trio.move_on_after(SEND_TIMEOUT) as scope:
+            # A frame is sent whole or the connection is given up: a cancelled
+            # send_all would leave half a TLS record, and no close frame could
+            # follow it. Only the send deadline can cut it short.
+            with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT) as scope:
                 await self.stream.send_all(data)
             if scope.cancelled_caught:
                 raise trio.BrokenResourceError("the browser does not read what it is sent")
