@@ -23,12 +23,26 @@ hide, and says why:
   saying that no role's ``node_labels`` match it.
 
 The node list comes from the auth service (``GET /v1/nodes`` as the proxy) and is
-kept for :data:`NODE_CACHE_SECONDS`; access answers are never cached, so a role
-change applies to the next connection.
+kept for :data:`NODE_CACHE_SECONDS`; access answers are asked afresh for every
+connection, so a role change applies to the next one.
+
+**While no auth server answers**, the router goes on with the last answers it
+got: the node list and each (user, node, login) access answer are kept, and
+used for up to ``stale_seconds`` (:data:`STALE_SECONDS`, 5 minutes, as the
+node's own cache of login decisions) after they were received, but only when
+the auth service cannot be reached (:class:`~trioport.authclient.AuthServiceUnavailable`
+or a connection that broke mid-request). An answer the auth service gives (a
+refusal included) is always the one used, and a cached refusal stays a refusal.
+With a usable cached answer the router waits only :data:`FALLBACK_WAIT_SECONDS`
+for the auth link instead of the link's usual wait, so new connections during an
+outage are not held up. Without one (never asked, or older than
+``stale_seconds``) the connection is refused saying that the auth service is
+unavailable and the proxy has no recent answer to go on.
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -37,12 +51,15 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from trioport.authclient import AuthServiceUnavailable
 from trioport.config import NODE_PORT, Address, parse_addr
 from trioport.errors import AccessDenied, NotFound
 from trioport.rbac import match_labels
 
 __all__ = [
+    "FALLBACK_WAIT_SECONDS",
     "NODE_CACHE_SECONDS",
+    "STALE_SECONDS",
     "NodeInfo",
     "NodeRouter",
     "Route",
@@ -56,8 +73,16 @@ log = logging.getLogger("trioport.proxy.router")
 
 #: Seconds the node list is reused between lookups.
 NODE_CACHE_SECONDS = 2.0
+#: Seconds the last answers of the auth service are used while it cannot be reached.
+STALE_SECONDS = 300.0
+#: Seconds to wait for the auth link when a cached answer could be used instead.
+FALLBACK_WAIT_SECONDS = 1.0
+#: Access answers kept for outages, at most (the oldest are forgotten first).
+ANSWERS_KEPT = 10_000
 #: Names listed in a "no such node" error, at most.
 _LISTED = 20
+#: What "the auth service cannot be reached" looks like to the router.
+_UNREACHABLE = (AuthServiceUnavailable, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class AuthAPI(Protocol):
@@ -208,52 +233,110 @@ class NodeRouter:
     """Finds nodes for users, with their roles' say (see the module docstring).
 
     Args:
-        auth: the proxy's auth API client (or a getter returning the current one).
+        auth: the proxy's auth API client, or a getter returning the current one
+            (called with no argument, or with the seconds to wait for the link
+            when a cached answer could be used instead).
         cluster_name: this cluster's name (``node.CLUSTER`` names, ``@CLUSTER``).
-        clock: trio's clock, for the node cache.
+        clock: trio's clock, for the caches.
+        stale_seconds: how old an answer may be and still be used while the auth
+            service cannot be reached (0: never).
     """
 
     def __init__(
         self,
-        auth: AuthAPI | Callable[[], Any],
+        auth: AuthAPI | Callable[..., Any],
         cluster_name: str,
         *,
         clock: Callable[[], float] = trio.current_time,
+        stale_seconds: float = STALE_SECONDS,
     ) -> None:
         self._auth = auth
         self.cluster_name = cluster_name
         self.clock = clock
+        self.stale_seconds = stale_seconds
         self._cache: tuple[float, list[NodeInfo]] | None = None
+        #: The last node list received, for outages (:meth:`forget` keeps it).
+        self._last_nodes: tuple[float, list[NodeInfo]] | None = None
+        #: The last access answer per (user, host id, login), for outages.
+        self._answers: collections.OrderedDict[
+            tuple[str, str, str | None], tuple[float, dict[str, Any]]
+        ] = collections.OrderedDict()
         self._lock = trio.Lock()
 
-    async def _client(self) -> AuthAPI:
+    async def _client(self, *, fallback: bool = False) -> AuthAPI:
         auth = self._auth
         if hasattr(auth, "list_nodes"):
             return auth  # type: ignore[return-value]
+        if fallback:
+            return await auth(FALLBACK_WAIT_SECONDS)  # type: ignore[operator, no-any-return]
         return await auth()  # type: ignore[operator, no-any-return]
 
+    def _usable(self, cached: tuple[float, Any] | None, now: float) -> bool:
+        return cached is not None and now - cached[0] < self.stale_seconds
+
+    def _unavailable(self, exc: BaseException) -> AuthServiceUnavailable:
+        text = (
+            str(exc)
+            if isinstance(exc, AuthServiceUnavailable)
+            else f"the auth service is unavailable: {exc}"
+        )
+        return AuthServiceUnavailable(
+            f"{text}; the proxy has no answer from the last {self.stale_seconds:g} seconds"
+            " to go on without it"
+        )
+
     async def nodes(self) -> list[NodeInfo]:
-        """Every registered node (cached for :data:`NODE_CACHE_SECONDS`)."""
+        """Every registered node (cached for :data:`NODE_CACHE_SECONDS`; the last
+        list is used while the auth service cannot be reached, see the module).
+
+        Raises:
+            AuthServiceUnavailable: unreachable, and no list recent enough.
+        """
         async with self._lock:
             now = self.clock()
             if self._cache is not None and now - self._cache[0] < NODE_CACHE_SECONDS:
                 return self._cache[1]
-            listing = await (await self._client()).list_nodes()
+            last = self._last_nodes
+            usable = self._usable(last, now)
+            try:
+                listing = await (await self._client(fallback=usable)).list_nodes()
+            except _UNREACHABLE as exc:
+                if last is not None and usable:
+                    log.info("auth unreachable; using the node list of %.0fs ago", now - last[0])
+                    return last[1]
+                raise self._unavailable(exc) from None
             found = []
             for entry in listing:
                 try:
                     found.append(NodeInfo.from_listing(entry))
                 except (KeyError, TypeError, ValueError):
                     log.warning("skipping a malformed node listing entry")
-            self._cache = (now, found)
+            self._cache = self._last_nodes = (now, found)
             return found
 
     def forget(self) -> None:
-        """Drop the cached node list (a node just registered, say)."""
+        """Drop the cached node list (a node just registered, say); the last list
+        is still used during an outage."""
         self._cache = None
 
     async def _access(self, user: str, node: NodeInfo, login: str | None) -> dict[str, Any]:
-        return await (await self._client()).access(user, login=login, node=node.host_id)
+        key = (user, node.host_id, login)
+        now = self.clock()
+        cached = self._answers.get(key)
+        usable = self._usable(cached, now)
+        try:
+            client = await self._client(fallback=usable)
+            answer = await client.access(user, login=login, node=node.host_id)
+        except _UNREACHABLE as exc:
+            if cached is not None and usable:
+                log.info("auth unreachable; using a %.0fs old answer for %s", now - cached[0], user)
+                return cached[1]
+            raise self._unavailable(exc) from None
+        self._answers[key] = (now, answer)
+        self._answers.move_to_end(key)
+        while len(self._answers) > ANSWERS_KEPT:
+            self._answers.popitem(last=False)
+        return answer
 
     async def visible_nodes(self, user: str) -> list[NodeInfo]:
         """The nodes ``user``'s roles let her see, by name.
@@ -262,6 +345,7 @@ class NodeRouter:
 
         Raises:
             AccessDenied: the user no longer exists.
+            AuthServiceUnavailable: unreachable, and no answer recent enough.
         """
         nodes = await self.nodes()
         verdicts: dict[tuple[tuple[str, str], ...], bool] = {}
@@ -321,7 +405,8 @@ class NodeRouter:
             NotFound: no such node (the message lists what she can reach), another
                 cluster, or a label selector that matches several nodes.
             AccessDenied: the node exists but her roles hide it (which role, and why).
-            AuthServiceUnavailable: the auth service cannot be asked.
+            AuthServiceUnavailable: the auth service cannot be asked, and the
+                router has no answer recent enough (see the module).
         """
         if target.cluster is not None and target.cluster.lower() != self.cluster_name.lower():
             raise NotFound(

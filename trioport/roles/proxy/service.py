@@ -24,7 +24,10 @@ trioport service). In order, it:
    self-signed certificate made on first start (:mod:`trioport.tls.certs`).
 
 It then calls ``task_status.started(ProxyAddresses(ssh=..., web=...))`` and runs
-until cancelled. Cancelling it closes both ports and every connection through
+until cancelled. While no auth server answers it keeps serving: the connections
+it has go on, and new ones are decided from the auth service's last answers for
+up to ``stale_seconds`` (5 minutes; :mod:`.router`), while ``/readyz`` says
+"auth unreachable since ...". Cancelling it closes both ports and every connection through
 them (each user's connection lives in the listener's nursery).
 
 Both ports apply ``teleport.connection_limits``: the SSH port all of them
@@ -63,9 +66,9 @@ from trioport.sshproto import ConnectionConfig, HostKey, Role
 from trioport.sshproto.keys import PrivateKey
 from trioport.tls import ensure_self_signed, file_fingerprint, server_context
 
-from .router import NodeRouter
+from .router import STALE_SECONDS, NodeRouter
 from .ssh_proxy import ProxySSHHandler
-from .state import AuthLink, ProxyState
+from .state import AUTH_WAIT_SECONDS, AuthLink, ProxyState
 from .web import WebAPI, serve_web
 
 __all__ = [
@@ -275,6 +278,8 @@ async def serve(
     stop: trio.Event | None = None,
     shutdown_timeout: float | None = None,
     clock: Callable[[], float] = time.time,
+    stale_seconds: float = STALE_SECONDS,
+    cache_clock: Callable[[], float] = trio.current_time,
 ) -> None:
     """Run the proxy service until cancelled (or, with ``stop``, until it has stopped).
 
@@ -292,6 +297,9 @@ async def serve(
         shutdown_timeout: seconds sessions may go on after ``stop``; default
             ``teleport.connection_limits.shutdown_timeout``.
         clock: the wall clock, for certificate validity and expiry.
+        stale_seconds: how old the auth service's last answers may be and still
+            be used while no auth server answers (see :mod:`.router`).
+        cache_clock: the clock of those answers' ages (trio's; tests move it on).
 
     Raises:
         ConfigError: no identity and no token, unreadable files, no auth server.
@@ -315,22 +323,31 @@ async def serve(
     async def on_connect(client: object) -> None:
         await holder[0].refresh_authorities(client)  # type: ignore[arg-type]
 
-    link = AuthLink(auth_addresses, identity, on_connect=on_connect)
+    note = (
+        f"new connections use the answers it gave in the last {stale_seconds:g} seconds"
+        if stale_seconds > 0
+        else ""
+    )
+    link = AuthLink(auth_addresses, identity, on_connect=on_connect, outage_note=note)
 
-    async def current_client() -> object:
-        return await link.client()
+    async def current_client(wait: float = AUTH_WAIT_SECONDS) -> object:
+        return await link.client(wait)
 
     lim = config.teleport.connection_limits
     state = ProxyState(
         cluster_name=identity.cluster_name,
         identity=identity,
         link=link,
-        router=NodeRouter(current_client, identity.cluster_name),
+        router=NodeRouter(
+            current_client, identity.cluster_name, clock=cache_clock, stale_seconds=stale_seconds
+        ),
         auth_addresses=auth_addresses,
         host_cas=list(identity.host_cas),
         public_addr=config.proxy_service.public_addr,
         clock=clock,
         idle_timeout=lim.client_idle_timeout.total_seconds() or None,
+        stale_seconds=stale_seconds,
+        cache_clock=cache_clock,
     )
     holder.append(state)
     px = config.proxy_service

@@ -34,7 +34,8 @@ Plain keys, passwords and certificates of other clusters are refused, each an
 refused with a message saying how to reach a node instead.
 
 **Expiry and idleness.** Once a user is in, the proxy asks the auth service for
-her roles' options. With ``disconnect_expired_cert`` (or when the auth service
+her roles' options (while it cannot be reached, the last ones it gave, for up to
+``stale_seconds``: see :mod:`.router`). With ``disconnect_expired_cert`` (or when the auth service
 cannot say: the proxy then fails closed) the connection is disconnected with
 "your certificate has expired" when the certificate's ``valid_before`` passes.
 A connection on which no channel data has moved for the idle timeout (the
@@ -70,8 +71,8 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertificateCheckResult, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
-from .router import Route, Target, parse_target
-from .state import OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
+from .router import FALLBACK_WAIT_SECONDS, Route, Target, parse_target
+from .state import AUTH_WAIT_SECONDS, OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
 
 __all__ = [
     "COPY_SIZE",
@@ -224,17 +225,28 @@ class ProxySSHHandler(SSHHandler):
     # --- expiry and idleness ------------------------------------------------------------
 
     async def _options(self, user: ProxyUser) -> dict[str, object] | None:
-        """The user's role options (reused briefly), or None when the auth service
-        cannot say."""
+        """The user's role options (reused briefly, and for ``stale_seconds`` while
+        the auth service cannot be reached), or None when nobody can say."""
         cache = self.state.role_options
-        now = trio.current_time()
+        now = self.state.cache_clock()
         cached = cache.get(user.name)
         if cached is not None and now - cached[0] < OPTIONS_FRESH_SECONDS:
             return cached[1]
+        usable = cached is not None and now - cached[0] < self.state.stale_seconds
         try:
-            client = await self.state.auth()
+            client = await self.state.auth(FALLBACK_WAIT_SECONDS if usable else AUTH_WAIT_SECONDS)
             info = await client.access(user.name, labels={})
-        except (TrioportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (AuthServiceUnavailable, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if cached is not None and usable:
+                log.info(
+                    "auth unreachable; using %s's role options of %.0fs ago",
+                    user.name,
+                    now - cached[0],
+                )
+                return cached[1]
+            log.warning("cannot fetch the role options of %s: %s", user.name, exc)
+            return None
+        except TrioportError as exc:
             log.warning("cannot fetch the role options of %s: %s", user.name, exc)
             return None
         options = info.get("options") if info.get("known") else None

@@ -4,12 +4,21 @@ The proxy keeps nothing persistent but its own host identity. Everything else it
 asks of the auth service over one SSH connection, made with that identity and
 kept up by :class:`AuthLink`: when the connection breaks, it is made again with
 jittered exponential backoff (1 s doubling to 30 s), and callers meanwhile wait
-up to :data:`AUTH_WAIT_SECONDS` before being told the auth service is unavailable.
+up to :data:`AUTH_WAIT_SECONDS` before being told the auth service is unavailable
+(counted from when the connection was lost: later in an outage they are told at
+once).
 The cluster's user CA (to accept user certificates on the SSH port) is fetched on
 every (re)connection and kept, so users already connected are unaffected by a
 short outage of the auth service. While no auth server answers, the link says so
 in the process's :class:`~trioport.diag.Health` (``/readyz``: "auth unreachable
 since ..."), from when the last connection was lost until one answers again.
+
+During such an outage the proxy keeps serving: connections already made go on,
+and new ones are decided from the last answers the auth service gave (the node
+list, each user's access to each node, her role options, the CAs), each for up
+to ``stale_seconds`` (:data:`~.router.STALE_SECONDS`, 5 minutes) after it was
+received; see :mod:`.router`. A question the proxy has no recent enough answer
+to is refused with "the auth service is unavailable".
 """
 
 from __future__ import annotations
@@ -34,9 +43,15 @@ from trioport.diag import process_health
 from trioport.errors import AuthenticationFailed, HostKeyNotVerifiable, TrioportError
 from trioport.sshproto.keys import PublicKey, public_key_from_line
 
-from .router import NodeRouter
+from .router import STALE_SECONDS, NodeRouter
 
-__all__ = ["AUTH_WAIT_SECONDS", "OPTIONS_FRESH_SECONDS", "AuthLink", "ProxyState"]
+__all__ = [
+    "AUTH_WAIT_SECONDS",
+    "OPTIONS_FRESH_SECONDS",
+    "STALE_SECONDS",
+    "AuthLink",
+    "ProxyState",
+]
 
 log = logging.getLogger("trioport.proxy")
 
@@ -59,6 +74,8 @@ class AuthLink:
         identity: the proxy's host identity.
         on_connect: called with each new client before anyone else may use it
             (to refresh the CAs).
+        outage_note: added to the health report's reason while no auth server
+            answers (what the proxy does meanwhile).
     """
 
     def __init__(
@@ -68,6 +85,7 @@ class AuthLink:
         *,
         on_connect: Callable[[AuthClient], Any] | None = None,
         connect_timeout: float = 10.0,
+        outage_note: str = "",
     ) -> None:
         if not addresses:
             raise ValueError("at least one auth server address is needed")
@@ -75,6 +93,7 @@ class AuthLink:
         self.identity = identity
         self.on_connect = on_connect
         self.connect_timeout = connect_timeout
+        self.outage_note = outage_note
         self._client: AuthClient | None = None
         self._ready = trio.Event()
         self.last_error: str | None = None
@@ -128,12 +147,17 @@ class AuthLink:
             if self.last_error is not None:
                 self.lost_since = self.lost_since or time.time()
                 since = self.lost_since
-                self.health.unreachable("proxy: auth", "auth", self.last_error, since=since)
+                reason = self.last_error + (f"; {self.outage_note}" if self.outage_note else "")
+                self.health.unreachable("proxy: auth", "auth", reason, since=since)
             await trio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
             delay = min(BACKOFF_MAX, delay * 2)
 
     async def client(self, wait: float = AUTH_WAIT_SECONDS) -> AuthClient:
         """The current client, waiting up to ``wait`` seconds for a connection.
+
+        The wait is counted from when the connection was lost: once an outage has
+        lasted ``wait`` seconds, callers are told at once rather than each waiting
+        again (a login fails fast; the router falls back on its cached answers).
 
         Raises:
             AuthServiceUnavailable: no connection within ``wait`` seconds.
@@ -141,6 +165,8 @@ class AuthLink:
         client = self._client
         if client is not None and not client.conn.closed:
             return client
+        if self.lost_since is not None and self.last_error is not None:
+            wait = max(0.0, min(wait, self.lost_since + wait - time.time()))
         with trio.move_on_after(wait):
             while True:
                 await self._ready.wait()
@@ -171,7 +197,10 @@ class ProxyState:
         idle_timeout: seconds a logged-in connection may move no channel data
             before it is disconnected (None: no limit); roles may shorten it.
         role_options: users' role options as the auth service last gave them,
-            with when (trio's clock); reused for :data:`OPTIONS_FRESH_SECONDS`.
+            with when (trio's clock); reused for :data:`OPTIONS_FRESH_SECONDS`,
+            and for ``stale_seconds`` while the auth service cannot be reached.
+        stale_seconds: how old the auth service's last answers may be and still
+            be used while it cannot be reached (:data:`STALE_SECONDS`).
     """
 
     cluster_name: str
@@ -187,10 +216,13 @@ class ProxyState:
     clock: Callable[[], float] = time.time
     idle_timeout: float | None = None
     role_options: dict[str, tuple[float, dict[str, Any]]] = attrs.Factory(dict)
+    stale_seconds: float = STALE_SECONDS
+    #: The clock of the caches (trio's; tests move it on).
+    cache_clock: Callable[[], float] = trio.current_time
 
-    async def auth(self) -> AuthClient:
+    async def auth(self, wait: float = AUTH_WAIT_SECONDS) -> AuthClient:
         """The auth API client (see :meth:`AuthLink.client`)."""
-        return await self.link.client()
+        return await self.link.client(wait)
 
     async def refresh_authorities(self, client: AuthClient) -> None:
         """Fetch the cluster's CAs from ``client`` and keep them."""
