@@ -179,3 +179,32 @@ async def test_a_refused_node_is_explained_after_the_upgrade(tmp_path: Path) -> 
         async with terminal(browser, login, f"node=nowhere&login={LOGIN}") as ws:
             message = await ws.next_message()
             assert message["type"] == "close" and "no node 'nowhere'" in message["reason"]
+
+
+async def test_a_browser_that_stops_reading_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(terminal_module, "SEND_TIMEOUT", 1.0)
+    async with open_cluster(tmp_path) as cluster:
+        browser, login = await _open(cluster)
+        async with terminal(browser, login, f"node=node1&login={LOGIN}") as raw:
+            sid = (await raw.next_message())["sid"]
+            await shell_ready(raw)
+            await raw.send_json({"type": "input", "data": "yes\r"})
+            # Not reading: the buffers fill, and the proxy's send waits past its deadline.
+            await trio.sleep(4)
+            with trio.fail_after(60):
+                try:  # what was buffered, then the end (a dropped connection, no close frame)
+                    while not isinstance(await raw.next_event(), wse.CloseConnection):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+        # The shell went with the connection.
+        with trio.fail_after(30):
+            while True:
+                active = await browser.request(
+                    "GET", "/v1/webapi/sessions/active", cookie=login.cookie
+                )
+                if sid not in [s["sid"] for s in active.json()["sessions"]]:
+                    break
+                await trio.sleep(0.2)
