@@ -11,7 +11,8 @@ sections themselves.
 Sources:
 
 - ``bench/results/load.json`` and ``bench/results/proxy.json`` (``bench/load.py``,
-  ``bench/proxy_bench.py``);
+  ``bench/proxy_bench.py``), and any ``bench/results/load-NAME.json`` (``bench/load.py
+  --only ... --out bench/results/load-NAME.json``: some scenarios at other sizes);
 - ``bench/RESULTS.md`` (``bench/run.py``: bulk throughput and connection set-up)
   and ``bench/AUTH_RESULTS.md`` (``bench/auth_bench.py``: certificates and
   heartbeats per second). Those two write markdown only, so their tables are
@@ -311,7 +312,8 @@ def proxy_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
 def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
     if doc is None:
         return [], ["bench/results/load.json is missing: run bench/load.py."]
-    src = f"load.py ({'quick' if doc.get('quick') else 'full'}, {doc.get('started', '?')})"
+    size = "quick" if doc.get("quick") else "full size"
+    src = f"load.py ({size}, {doc.get('started', '?')})"
     figures: list[Figure] = []
     notes: list[str] = []
     s = doc.get("sessions") or {}
@@ -375,7 +377,9 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
                 "connect/auth/exec/exit cycles: errors, audit events, leaks",
                 f"{c['cycles']} cycles, {len(c['errors'])} errors, {c['exec_events']} exec"
                 f" events; fds {c['baseline']['fds']}→{c['after']['fds']}, processes"
-                f" {c['baseline']['children']}→{c['after']['children']}",
+                f" {c['baseline']['children']}→{c['after']['children']}, temp files"
+                f" {c['baseline']['tmp_files']}→{c['after']['tmp_files']}; RSS"
+                f" {_rss_growth(c.get('rss_trace') or [])}",
                 "—",
                 src,
             )
@@ -422,10 +426,21 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
     return figures, notes
 
 
+def _rss_growth(trace: list[list[int]]) -> str:
+    """RSS growth along a cycles run: from its first twentieth to its last, per cycle."""
+    if len(trace) < 2:
+        return "—"
+    (n0, r0), (n1, r1) = trace[0], trace[-1]
+    per = (r1 - r0) / max(1, n1 - n0)
+    return f"{(r1 - r0) / MiB:+.1f} MiB from cycle {n0} to {n1} ({per / KiB:+.1f} KiB a cycle)"
+
+
 def collect() -> tuple[list[Figure], list[str], dict[str, Any]]:
     """Every figure, the notes about missing sources, and the raw JSON documents."""
     load = load_json(RESULTS / "load.json")
     proxy = load_json(RESULTS / "proxy.json")
+    # Runs of some scenarios at other sizes, kept beside the whole run.
+    extra = [load_json(path) for path in sorted(RESULTS.glob("load-*.json"))]
     figures: list[Figure] = []
     notes: list[str] = []
     for fs, ns in (
@@ -433,6 +448,7 @@ def collect() -> tuple[list[Figure], list[str], dict[str, Any]]:
         proxy_figures(proxy),
         auth_figures(BENCH / "AUTH_RESULTS.md"),
         load_figures(load),
+        *(load_figures(doc) for doc in extra if doc),
     ):
         figures += fs
         notes += ns
@@ -497,8 +513,8 @@ def render(figures: list[Figure], notes: list[str], docs: dict[str, Any]) -> str
     for name, title in PLOTS:
         if (BENCH / "plots" / name).exists():
             lines += [f"![{title}](plots/{name})", ""]
-    for section in ("proxy.md", "load.md"):
-        path = RESULTS / section
+    sections = [RESULTS / "proxy.md", RESULTS / "load.md", *sorted(RESULTS.glob("load-*.md"))]
+    for path in sections:
         if path.exists():
             text = path.read_text().strip()
             lines += ["", text, ""]
