@@ -24,7 +24,7 @@ import qrcode.image.svg
 
 from trioport.roles.node.recorder import parse_recording
 
-__all__ = ["qr_svg", "recording_events", "recording_summary"]
+__all__ = ["qr_svg", "recording_events"]
 
 
 def recording_events(blob: bytes) -> dict[str, Any]:
@@ -63,21 +63,6 @@ def recording_events(blob: bytes) -> dict[str, Any]:
         "duration_ms": last,
         "complete": bool(events) and events[-1].type == "end",
         "events": out,
-    }
-
-
-def recording_summary(head: bytes) -> dict[str, Any]:
-    """What a recording's first line says (user, login, node, start), or ``{}``."""
-    line = head.split(b"\n", 1)[0]
-    try:
-        header, _ = parse_recording(line)
-    except ValueError:
-        return {}
-    return {
-        "user": header.get("user"),
-        "login": header.get("login"),
-        "node_name": header.get("server_hostname"),
-        "start": header.get("time"),
     }
 
 
