@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from trioport.config import Address
+from trioport.roles.proxy.webui import sessions as sessions_module
 from trioport.roles.proxy.webui.sessions import (
     WebSessionStore,
     read_cookie,
@@ -25,7 +30,13 @@ class _Clock:
 
 
 def _store(clock: _Clock, **kw: Any) -> WebSessionStore:
-    state = SimpleNamespace(auth_addresses=[], host_cas=[], cluster_name="example.test")
+    state = SimpleNamespace(
+        # Nothing listens on port 1: a session's auth connection never comes up.
+        auth_addresses=[Address("127.0.0.1", 1)],
+        host_cas=[],
+        identity=SimpleNamespace(host_cas=()),
+        cluster_name="example.test",
+    )
     return WebSessionStore(state, clock=clock, **kw)  # type: ignore[arg-type]
 
 
@@ -86,3 +97,42 @@ def test_ids_are_never_kept_and_cookies_parse_strictly() -> None:
     assert read_cookie([header]) == [session_id]
     assert read_cookie(["trioport_session=abc", "__Host-trioport_session="]) == []
     assert session_cookie("abc", 10).startswith("__Host-trioport_session=abc; Path=/;")
+
+
+async def test_an_unused_auth_connection_is_closed_and_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connections: list[trio.Event] = []
+
+    @asynccontextmanager
+    async def fake_connect(addr: Any, identity: Any, **kw: Any) -> AsyncIterator[Any]:
+        closed = trio.Event()
+        connections.append(closed)
+        conn = SimpleNamespace(wait_closed=closed.wait)
+        try:
+            yield SimpleNamespace(conn=conn)
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(sessions_module, "connect_auth", fake_connect)
+    clock = _Clock()
+    store = _store(clock)
+    _, session = _create(store, "alice", 3600)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        client = await store.auth_client(session)
+        assert await store.auth_client(session) is client  # one connection, reused
+        assert len(connections) == 1
+        clock.now += 299
+        store.sweep()
+        assert not connections[0].is_set()  # used recently: kept
+        clock.now += 1
+        store.sweep()
+        await trio.testing.wait_all_tasks_blocked()
+        assert connections[0].is_set() and session.link is None  # idle: closed
+        assert await store.auth_client(session) is not client  # made again when needed
+        assert len(connections) == 2
+        store.end(session)
+        await trio.testing.wait_all_tasks_blocked()
+        assert connections[1].is_set()  # the session's end closes it
+        nursery.cancel_scope.cancel()

@@ -40,11 +40,12 @@ from typing import Any
 import attrs
 import trio
 
-from trioport.authclient import AuthClient, ClientIdentity
+from trioport.authclient import AuthClient, AuthServiceUnavailable, ClientIdentity, connect_auth
+from trioport.errors import TrioportError
 from trioport.sshproto.certs import Certificate
 from trioport.sshproto.keys import PrivateKey
 
-from ..state import AuthLink, ProxyState
+from ..state import ProxyState
 
 __all__ = [
     "COOKIE_NAME",
@@ -69,6 +70,9 @@ MAX_SESSIONS = 10_000
 SWEEP_SECONDS = 60.0
 #: Seconds to wait for the user's connection to the auth service.
 USER_AUTH_WAIT = 10.0
+#: A session's connection to the auth service closes after this long unused
+#: (it is made again on the next request).
+LINK_IDLE_SECONDS = 300.0
 _TOKEN_BYTES = 32
 
 
@@ -100,6 +104,42 @@ def read_cookie(header_values: list[str]) -> list[str]:
     return found
 
 
+class UserLink:
+    """One SSH connection to the auth service as a web session's user, while it lasts.
+
+    Unlike the proxy's own :class:`~..state.AuthLink` it does not retry by itself
+    and reports nothing to the process's health: a user's connection failing
+    (her certificate refused, say) is her request's error, not the proxy's.
+    """
+
+    def __init__(self, addresses: list[Any], identity: ClientIdentity) -> None:
+        self.addresses = addresses
+        self.identity = identity
+        self.client: AuthClient | None = None
+        self.error: str | None = None
+        self.ready = trio.Event()
+        self.done = False
+
+    async def run(self) -> None:
+        """Connect (each auth server in turn) and hold the connection until it closes."""
+        try:
+            for addr in self.addresses:
+                try:
+                    async with connect_auth(
+                        addr, self.identity, connect_timeout=USER_AUTH_WAIT
+                    ) as client:
+                        self.client = client
+                        self.ready.set()
+                        await client.conn.wait_closed()
+                        return
+                except TrioportError as exc:
+                    self.error = str(exc)
+        finally:
+            self.client = None
+            self.done = True
+            self.ready.set()
+
+
 @attrs.define(eq=False, repr=False)
 class WebSession:
     """One browser's login: the user, her certificate and key, the CSRF token.
@@ -125,8 +165,9 @@ class WebSession:
     created: float = attrs.Factory(time.time)
     #: Cancel scopes of the session's terminals, cancelled when it ends.
     terminals: set[trio.CancelScope] = attrs.Factory(set)
-    link: AuthLink | None = None
+    link: UserLink | None = None
     link_scope: trio.CancelScope | None = None
+    link_used: float = 0.0
     ended: bool = False
 
     def __repr__(self) -> str:
@@ -251,11 +292,16 @@ class WebSessionStore:
             session.link_scope.cancel()
 
     def sweep(self) -> None:
-        """End every expired session."""
+        """End every expired session; close auth connections left unused."""
         now = self.clock()
         for session in [s for s in self._sessions.values() if now >= s.expires]:
             log.info("web session of %s expired", session.user)
             self.end(session)
+        for session in self._sessions.values():
+            idle = now - session.link_used >= LINK_IDLE_SECONDS
+            if session.link_scope is not None and idle and not session.terminals:
+                session.link_scope.cancel()
+                session.link = session.link_scope = None
 
     def identity(self, session: WebSession) -> ClientIdentity:
         """The user's identity for connections the proxy makes on her behalf."""
@@ -273,10 +319,12 @@ class WebSessionStore:
             AuthServiceUnavailable: no connection within :data:`USER_AUTH_WAIT`
                 seconds (the reason says why: down, or her certificate refused).
         """
-        if session.link is None:
+        session.link_used = self.clock()
+        link = session.link
+        if link is None or link.done:
             if self._nursery is None:
                 raise RuntimeError("the web session store is not running")
-            link = AuthLink(self.state.auth_addresses, self.identity(session))
+            link = UserLink(list(self.state.auth_addresses), self.identity(session))
             scope = trio.CancelScope()
             session.link, session.link_scope = link, scope
             if session.ended:
@@ -287,4 +335,9 @@ class WebSessionStore:
                     await link.run()
 
             self._nursery.start_soon(hold)
-        return await session.link.client(wait=USER_AUTH_WAIT)
+        with trio.move_on_after(USER_AUTH_WAIT + 1):
+            await link.ready.wait()
+        if link.client is None:
+            why = f": {link.error}" if link.error else ""
+            raise AuthServiceUnavailable(f"the auth service is unavailable{why}")
+        return link.client
