@@ -179,6 +179,8 @@ async def test_a_refused_node_is_explained_after_the_upgrade(tmp_path: Path) -> 
         async with terminal(browser, login, f"node=nowhere&login={LOGIN}") as ws:
             message = await ws.next_message()
             assert message["type"] == "close" and "no node 'nowhere'" in message["reason"]
+        rejected = await cluster.events("session.rejected")
+        assert [e["target"] for e in rejected if e.get("user") == "alice"] == ["nowhere"]
 
 
 async def test_a_browser_that_stops_reading_is_cut_off(

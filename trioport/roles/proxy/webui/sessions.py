@@ -22,9 +22,11 @@ auth service closes.
 
 **Acting as the user.** Whatever the web UI shows that is the user's to see
 (nodes, sessions, recordings, the audit log) is asked of the auth service *as
-her*: the session keeps its own SSH connection to the auth service, logged in
-with her certificate, exactly as ``tsh`` reaches the auth API through the proxy's
-``trioport-auth`` subsystem. Her roles decide there what she gets.
+her*: the session keeps its own SSH connection to the auth service
+(:class:`UserLink`), logged in with her certificate, exactly as ``tsh`` reaches
+the auth API through the proxy's ``trioport-auth`` subsystem. Her roles decide
+there what she gets. The connection is made on first use and closed after
+:data:`LINK_IDLE_SECONDS` unused.
 """
 
 from __future__ import annotations

@@ -62,7 +62,13 @@ from wsproto.utilities import generate_accept_token
 
 from trioport.authclient import AuthServiceUnavailable
 from trioport.config import NODE_PORT
-from trioport.errors import AuthenticationFailed, HostKeyNotVerifiable, TrioportError
+from trioport.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    HostKeyNotVerifiable,
+    NotFound,
+    TrioportError,
+)
 from trioport.ssh import ChannelStream, KeySigner, SSHConnection, connect
 from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
@@ -111,6 +117,7 @@ _MAX_DRAIN = 4 * 1024 * 1024
 _READ_SIZE = 32 * 1024
 _MAX_SIZE = 1000
 _TERM = "xterm-256color"
+_AUDIT_SESSION_REJECTED = "T1006W"
 
 # RFC 6455 §7.4.1 close codes.
 NORMAL = 1000
@@ -410,6 +417,20 @@ class Terminals:
             route = await state.router.route(
                 session.user, Target(wanted.node, NODE_PORT), login=wanted.login
             )
+        except (NotFound, AccessDenied) as exc:
+            # As on the SSH port: a refused route is a session.rejected audit event.
+            await state.emit(
+                _AUDIT_SESSION_REJECTED,
+                user=session.user,
+                login=wanted.login,
+                addr_remote=str(request.peer) if request.peer else None,
+                success=False,
+                error=str(exc),
+                target=wanted.node[:256],
+                reason="access denied" if isinstance(exc, AccessDenied) else "not found",
+                via="web",
+            )
+            return NORMAL, str(exc), None
         except (TrioportError, ValueError) as exc:
             return NORMAL, str(exc), None
         try:
