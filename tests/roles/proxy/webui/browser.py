@@ -146,8 +146,11 @@ class RawSocket:
         origin: str | None = "own",
         bearer: str | None = "own",
         pong: bool = True,
+        early: bytes = b"",
     ) -> AsyncIterator[RawSocket]:
         """Open the terminal websocket as a browser would (Origin, bearer, cookie).
+
+        ``early`` is sent right behind the handshake, before the server answers.
 
         Raises:
             Rejected: the server refused the handshake.
@@ -167,7 +170,7 @@ class RawSocket:
                 subprotocols=protocols,
                 extra_headers=_headers(login, browser.origin if origin == "own" else origin),
             )
-            await stream.send_all(raw.ws.send(request))
+            await stream.send_all(raw.ws.send(request) + early)
             event = await raw.next_event()
             if isinstance(event, wse.RejectConnection):
                 raise Rejected(event.status_code)
@@ -213,28 +216,33 @@ class RawSocket:
         self, opcode: int, payload: bytes, *, masked: bool = True, fin: bool = True
     ) -> None:
         """One frame as given, bypassing wsproto (RFC 6455 §5.2)."""
-        head = bytearray([(0x80 if fin else 0) | opcode])
-        mask_bit = 0x80 if masked else 0
-        n = len(payload)
-        if n < 126:
-            head.append(mask_bit | n)
-        elif n < 65536:
-            head.append(mask_bit | 126)
-            head += struct.pack("!H", n)
-        else:
-            head.append(mask_bit | 127)
-            head += struct.pack("!Q", n)
-        if masked:
-            key = os.urandom(4)
-            head += key
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        await self.stream.send_all(bytes(head) + payload)
+        await self.stream.send_all(frame(opcode, payload, masked=masked, fin=fin))
 
     async def close_code(self) -> int:
         """Read until the server's close frame; its code."""
         while self.close is None:
             await self.next_event()
         return self.close.code
+
+
+def frame(opcode: int, payload: bytes, *, masked: bool = True, fin: bool = True) -> bytes:
+    """A websocket frame, built by hand (RFC 6455 §5.2)."""
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if masked else 0
+    n = len(payload)
+    if n < 126:
+        head.append(mask_bit | n)
+    elif n < 65536:
+        head.append(mask_bit | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(mask_bit | 127)
+        head += struct.pack("!Q", n)
+    if masked:
+        key = os.urandom(4)
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes(head) + payload
 
 
 class Closed(Exception):

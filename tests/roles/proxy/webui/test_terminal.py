@@ -14,6 +14,8 @@ import trio
 from tests.roles.proxy.cluster import LOGIN, open_cluster
 from tests.roles.proxy.webui.browser import (
     Browser,
+    RawSocket,
+    frame,
     read_until,
     shell_ready,
     terminal,
@@ -100,3 +102,19 @@ async def test_a_second_browser_joins_the_session_and_both_see_it(tmp_path: Path
             # The owner's shell goes on after the guest left.
             await owner.send_json({"type": "input", "data": "echo still-h''ere\r"})
             await read_until(owner, "still-here")
+
+
+async def test_frames_sent_with_the_upgrade_request_reach_the_shell(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        await cluster.add_node("node1")
+        alice = await cluster.add_user("alice")
+        browser = Browser(cluster)
+        login = await browser.login(alice)
+        # The first message rides in the same TLS records as the HTTP request:
+        # h11 has read it, and must hand it to the websocket, not drop it.
+        early = frame(0x1, json.dumps({"type": "input", "data": "echo ea''rly\r"}).encode())
+        query = f"node=node1&login={LOGIN}"
+        async with RawSocket.open(browser, login, query, early=early) as ws:
+            assert (await ws.next_message())["type"] == "session"
+            await read_until(ws, "early\r\n")
+            await shell_ready(ws)
