@@ -34,6 +34,7 @@ __all__ = [
     "Login",
     "NodeContext",
     "address_of",
+    "client_address",
     "idle_limit",
     "watch_idle",
 ]
@@ -47,6 +48,18 @@ def address_of(conn: SSHConnection, *, local: bool = False) -> str:
     except (OSError, AttributeError):
         return ""
     return str(Address(str(name[0]), int(name[1]))) if isinstance(name, tuple) else ""
+
+
+def client_address(conn: SSHConnection) -> tuple[str, str | None]:
+    """The client's ``ip:port`` and IP: from the proxy's verified line when the
+    connection came through the proxy (:mod:`.proxied`), else the socket's peer."""
+    proxied = getattr(conn.stream, "client_addr", None)
+    if isinstance(proxied, str):
+        host = proxied.rpartition(":")[0]
+        return proxied, host[1:-1] if host.startswith("[") else host
+    remote = address_of(conn)
+    host = remote.rpartition(":")[0]
+    return remote, (host[1:-1] if host.startswith("[") else host) or None
 
 
 @attrs.define(eq=False)

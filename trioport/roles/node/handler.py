@@ -8,7 +8,10 @@ requested login among its principals
 (:class:`~trioport.ssh.trust.UserCertificateChecker`). Then, once the client has
 proved it holds the key (the signature verified), the node asks the auth service
 whether the user's roles allow that login on a node with this node's labels
-(:class:`~.access.AccessChecker`). Any refusal is logged and, for a key holder, an
+(:class:`~.access.AccessChecker`). The client's address, for ``source-address``
+and for the audit log, is the one the proxy's signed line names when the
+connection came through the proxy (:mod:`.proxied`), else the socket's peer.
+Any refusal is logged and, for a key holder, an
 ``auth`` (``T3007W``) audit event with the reason. The client only learns
 "Permission denied".
 
@@ -46,12 +49,19 @@ from trioport.errors import (
 )
 from trioport.roles.auth import audit_log
 from trioport.ssh import ChannelStream, SSHConnection, SSHHandler
-from trioport.ssh.trust import peer_address
 from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
-from .context import ActivityChannel, Login, NodeContext, address_of, idle_limit, watch_idle
+from .context import (
+    ActivityChannel,
+    Login,
+    NodeContext,
+    address_of,
+    client_address,
+    idle_limit,
+    watch_idle,
+)
 from .sftp_audit import AUDIT_SINK, AuditSink
 from .shell import serve_session_channel
 
@@ -83,14 +93,18 @@ class NodeSSHHandler(SSHHandler):
         except DecodeError:
             return False
         if not isinstance(key, Certificate):
-            log.info("%s: refused a plain key for %r", address_of(conn), request.username[:64])
+            log.info(
+                "%s: refused a plain key for %r", client_address(conn)[0], request.username[:64]
+            )
             return False
-        peer = peer_address(conn)
+        # Through the proxy, the client's address comes from the proxy's signed
+        # line (.proxied): it is the one source-address and the audit log see.
+        remote, peer = client_address(conn)
         if request.signature_ok is None:
             return self._query_ok(key, peer)
         if not request.signature_ok:
             return False
-        remote, local = address_of(conn), address_of(conn, local=True)
+        local = address_of(conn, local=True)
         node = self.node
         try:
             if node.draining:

@@ -10,7 +10,10 @@ trioport service). In order, it:
    (:class:`.authlink.AuthLink`);
 4. listens for SSH (``ssh_service.listen_addr``, port 3022), presenting its host
    certificate and accepting only user certificates (:mod:`.handler`), and calls
-   ``task_status.started(addresses)``;
+   ``task_status.started(addresses)``. A connection from the proxy may start with
+   the proxy's signed line naming the client's address (:mod:`.proxyline`,
+   read by :mod:`.proxied`); the node's audit events then name the client, not
+   the proxy;
 5. heartbeats with its labels (:mod:`.heartbeat`), uploads recordings
    (:mod:`.recorder`) and delivers audit events and session reports
    (:mod:`.sessions`) in the background.
@@ -29,6 +32,7 @@ down", gives the recordings a few seconds to finish uploading, and returns.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -51,6 +55,8 @@ from .handler import NodeSSHHandler
 from .heartbeat import HEARTBEAT_INTERVAL, CommandLabels, Heartbeat
 from .identity import advertise_address, auth_servers, load_or_join
 from .journal import SessionJournal, recover
+from .proxied import ProxyLineListener
+from .proxyline import ReplayGuard, node_software_version, parse, verify
 from .recorder import FLUSH_SECONDS, RecordingUploader
 from .sessions import Reporter, SessionRegistry
 
@@ -115,8 +121,21 @@ async def serve(
     advertise = await trio.to_thread.run_sync(advertise_address, config, servers[0])
     identity = await load_or_join(config, addresses=[advertise], servers=servers)
     listen = config.ssh_service.listen_addr
-    listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
-    port = listeners[0].socket.getsockname()[1]
+    sockets = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
+    replay = ReplayGuard()
+
+    def check_proxy_line(line: bytes) -> str:
+        return verify(
+            parse(line),
+            host_cas=identity.client.host_cas,
+            cluster=identity.cluster_name,
+            node_id=identity.host_id,
+            now=clock(),
+            replay=replay,
+        )
+
+    listeners = [ProxyLineListener(sock, check_proxy_line) for sock in sockets]
+    port = sockets[0].socket.getsockname()[1]
     addr = str(Address(advertise, port))
     link = AuthLink(servers, identity.client, backoff_max=reconnect_max_delay)
     async with trio.open_nursery() as nursery:
@@ -158,6 +177,10 @@ async def serve(
             host_keys=[identity.host_key],
             auth_methods=("publickey",),
             max_channels=config.teleport.connection_limits.max_channels,
+        )
+        # Announce that proxy lines are understood here (see .proxyline).
+        ssh_config = dataclasses.replace(
+            ssh_config, software_version=node_software_version(ssh_config.software_version)
         )
         if shutdown_grace is None:
             shutdown_grace = config.teleport.connection_limits.shutdown_timeout.total_seconds()

@@ -9,7 +9,10 @@ ways to ask for the pipe, both of which OpenSSH's ``ssh`` speaks:
 - a ``direct-tcpip`` channel to ``HOST:PORT`` (RFC 4254 §7.2), for ``ssh -J``.
 
 HOST is found by :class:`~trioport.roles.proxy.router.NodeRouter`, which also asks
-whether the user's roles let her see the node. A refusal says why: on a
+whether the user's roles let her see the node. The node is dialled by
+:func:`~.nodedial.dial_node`, which first writes the proxy's signed line naming
+the client's address (:mod:`trioport.roles.node.proxyline`), so the node's audit
+events name the user's address rather than the proxy's. A refusal says why: on a
 ``direct-tcpip`` channel in the open failure's description (OpenSSH prints it),
 on a subsystem as a line on the channel's stderr followed by exit status 1
 (OpenSSH's ``ssh -s`` prints stderr; a failed subsystem request would only say
@@ -71,6 +74,7 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertificateCheckResult, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
+from .nodedial import DialFailed, dial_node
 from .router import FALLBACK_WAIT_SECONDS, Route, Target, parse_target
 from .state import AUTH_WAIT_SECONDS, OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
 
@@ -308,7 +312,7 @@ class ProxySSHHandler(SSHHandler):
             except TrioportError as exc:
                 reason = (
                     ChannelOpenFailureReason.CONNECT_FAILED
-                    if isinstance(exc, AuthServiceUnavailable | _DialFailed)
+                    if isinstance(exc, AuthServiceUnavailable | DialFailed)
                     else ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
                 )
                 raise ChannelOpenError(reason, str(exc)) from None
@@ -323,13 +327,15 @@ class ProxySSHHandler(SSHHandler):
             f"the proxy does not open {request.kind[:64]} channels",
         )
 
-    async def _connect(self, user: ProxyUser, target: Target) -> tuple[Route, trio.SocketStream]:
+    async def _connect(
+        self, user: ProxyUser, target: Target
+    ) -> tuple[Route, trio.abc.HalfCloseableStream]:
         """Route ``target`` for ``user`` and connect to the node.
 
         Raises:
             NotFound / AccessDenied: the router's answer (audited).
             AuthServiceUnavailable: the auth service cannot be asked.
-            _DialFailed: the node does not answer.
+            DialFailed: the node does not answer (or does not greet).
         """
         router = self.state.router
         try:
@@ -350,14 +356,17 @@ class ProxySSHHandler(SSHHandler):
             )
             raise
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
-                stream = await trio.open_tcp_stream(route.dial.host, route.dial.port)
-        except (OSError, trio.TooSlowError) as exc:
+            stream = await dial_node(
+                route,
+                client_addr=user.remote_addr,
+                key=self.state.identity.key,
+                certificate=self.state.identity.certificate.blob,
+                clock=self.state.clock,
+                timeout=DIAL_TIMEOUT,
+            )
+        except DialFailed:
             router.forget()
-            why = "no answer" if isinstance(exc, trio.TooSlowError) else _os_reason(exc)
-            raise _DialFailed(
-                f"cannot reach node {route.node.hostname!r} at {route.dial}: {why}"
-            ) from None
+            raise
         log.info(
             "%s (login %r) -> node %s at %s",
             user.name,
@@ -443,10 +452,6 @@ class ProxySSHHandler(SSHHandler):
             await _exit(chan, 0)
             return
         await _fail(chan, last)
-
-
-class _DialFailed(TrioportError):
-    """The node (or auth service) did not accept the proxy's connection."""
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -1,0 +1,172 @@
+"""The node's side of the proxy line: read it off a new connection before SSH does.
+
+:class:`ProxyLineListener` wraps the node's listening sockets; each accepted
+connection is a :class:`ProxiedStream`. The SSH server uses it as any stream: it
+sends its identification at once (so clients that wait for the server, like
+``ssh-keyscan``, are served as before), and its first read makes the stream look
+at what the client sent first:
+
+- ``SSH-...`` (or anything that is not the start of a proxy line): plain SSH, the
+  bytes are handed on untouched and :attr:`ProxiedStream.client_addr` stays None;
+- ``TRIOPORT-PROXY ...``: the line is read (at most
+  :data:`~.proxyline.MAX_LINE` bytes; the SSH server's login grace bounds the
+  time) and checked (:func:`.proxyline.verify`). Accepted, the client's address
+  is :attr:`ProxiedStream.client_addr` and SSH goes on with the bytes after the
+  line. Refused, the node writes an SSH ``DISCONNECT`` (reason 1, "host not
+  allowed to connect") with the reason, which OpenSSH prints ("Received
+  disconnect from ...: the proxy line's signature does not verify"), logs it as
+  a warning with the address it came from, and closes the connection.
+
+The DISCONNECT is an unencrypted binary packet (RFC 4253 §6 with no cipher and
+no MAC, §11.1 for the message): nothing of the key exchange can have happened
+yet, since the client's first bytes come after the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import trio
+
+from trioport.errors import DisconnectReason
+from trioport.sshproto.wire import byte, string, uint32
+
+from . import proxyline
+
+__all__ = ["ProxiedStream", "ProxyLineListener", "disconnect_packet"]
+
+log = logging.getLogger("trioport.node.proxied")
+
+#: SSH_MSG_DISCONNECT (RFC 4253 §12).
+_MSG_DISCONNECT = 1
+_READ = 65536
+
+
+def disconnect_packet(
+    reason: str, code: int = DisconnectReason.HOST_NOT_ALLOWED_TO_CONNECT
+) -> bytes:
+    """An unencrypted SSH_MSG_DISCONNECT binary packet (RFC 4253 §6, §11.1)."""
+    payload = (
+        byte(_MSG_DISCONNECT)
+        + uint32(int(code))
+        + string(reason.encode("utf-8", "replace")[:1024])
+        + string(b"")
+    )
+    # §6: 4 to 255 bytes of padding; length fields and payload a multiple of 8.
+    padding = 8 - (5 + len(payload)) % 8
+    if padding < 4:
+        padding += 8
+    body = byte(padding) + payload + os.urandom(padding)
+    return uint32(len(body)) + body
+
+
+class ProxiedStream(trio.abc.HalfCloseableStream):
+    """A node connection that may start with a proxy line (see the module).
+
+    Args:
+        stream: the accepted TCP connection.
+        verify: turns a proxy line into the client's address, or raises
+            :class:`~.proxyline.ProxyLineRefused`.
+    """
+
+    def __init__(self, stream: trio.SocketStream, verify: Callable[[bytes], str]) -> None:
+        self.stream = stream
+        #: The socket (for the peer address the server's limits count).
+        self.socket = stream.socket
+        self._verify = verify
+        #: The client's address from an accepted proxy line (None: none was sent).
+        self.client_addr: str | None = None
+        self._pending = b""
+        self._checked = False
+        self._send_lock = trio.Lock()
+
+    async def _check(self) -> None:
+        magic = proxyline.MAGIC
+        buf = b""
+        while len(buf) < len(magic) and magic.startswith(buf):
+            data = await self.stream.receive_some(_READ)
+            if not data:
+                break
+            buf += data
+        if not buf.startswith(magic):
+            self._pending = buf
+            return
+        while b"\n" not in buf[: proxyline.MAX_LINE]:
+            if len(buf) >= proxyline.MAX_LINE:
+                await self._refuse(f"the proxy line is longer than {proxyline.MAX_LINE} bytes")
+            data = await self.stream.receive_some(_READ)
+            if not data:
+                await self._refuse("the connection ended inside the proxy line")
+            buf += data
+        end = buf.index(b"\n") + 1
+        try:
+            self.client_addr = self._verify(buf[:end])
+        except proxyline.ProxyLineRefused as exc:
+            await self._refuse(str(exc))
+        self._pending = buf[end:]
+
+    async def _refuse(self, reason: str) -> None:
+        peer = _peer(self.socket)
+        log.warning("refused a proxy line from %s: %s", peer, reason)
+        message = f"trioport node: refused the proxy line: {reason}"
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(disconnect_packet(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(self.stream)
+        raise trio.BrokenResourceError(f"refused the proxy line from {peer}: {reason}")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._checked:
+            self._checked = True
+            await self._check()
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _peer(sock: object) -> str:
+    try:
+        host, port = sock.getpeername()[:2]  # type: ignore[attr-defined]
+    except (OSError, AttributeError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class ProxyLineListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose connections are :class:`ProxiedStream`\\ s.
+
+    Args:
+        listener: the listening socket.
+        verify: see :class:`ProxiedStream`.
+    """
+
+    def __init__(self, listener: trio.SocketListener, verify: Callable[[bytes], str]) -> None:
+        self.listener = listener
+        #: The listening socket (the SSH server reads its address).
+        self.socket = listener.socket
+        self._verify = verify
+
+    async def accept(self) -> ProxiedStream:
+        return ProxiedStream(await self.listener.accept(), self._verify)
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
