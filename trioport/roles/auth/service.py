@@ -44,6 +44,7 @@ renewed while the service runs, before half its life is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -429,13 +430,21 @@ def proxy_public_addr(config: Config) -> str:
 
 
 def _limits(config: Config) -> ServerLimits:
-    lim = config.teleport.connection_limits
-    return ServerLimits(
-        login_grace=lim.login_grace_time.total_seconds(),
-        max_unauthenticated=lim.max_unauthenticated,
-        max_unauthenticated_per_source=lim.max_unauthenticated_per_source,
-        keepalive_interval=lim.keep_alive_interval.total_seconds(),
-        keepalive_count=lim.keep_alive_count_max,
+    """``teleport.connection_limits`` as the auth port applies them.
+
+    Every limit applies as configured except three. The per-source and
+    distinct-source caps (``max_connections_per_source``, ``max_users``) are lifted
+    to the service's own ``max_connections``: every node and proxy of the cluster
+    holds a connection here, and thousands of nodes behind one NAT address all
+    come from that one address. ``max_sessions`` is not applied either: a node's
+    or proxy's one connection carries its API requests on parallel channels
+    (capped by the SSH core's channel limit), not shells. The unauthenticated
+    limits (per source too), the login grace time and the keep-alives apply as
+    configured, so a flood of half-open handshakes is still refused.
+    """
+    limits: ServerLimits = config.teleport.connection_limits.server_limits()
+    return dataclasses.replace(
+        limits, max_connections_per_source=None, max_sources=None, max_sessions=None
     )
 
 
