@@ -192,6 +192,18 @@ async def test_forged_and_misused_proxy_lines_are_refused_with_a_reason(tmp_path
             events = await session_starts(cluster, 1)
             assert events[-1]["addr.remote"] == "203.0.113.7:4242"
             assert "used before (a replay)" in await refused(port, good)
+            # Every refusal is an auth audit event naming where it came from.
+            for _ in range(200):
+                audited = [
+                    e for e in await cluster.events("auth") if e.get("method") == "proxy-line"
+                ]
+                if len(audited) >= 13:
+                    break
+                await trio.sleep(0.05)
+            assert len(audited) == 13
+            assert all(e["success"] is False for e in audited)
+            assert all(str(e["addr.remote"]).startswith("127.0.0.1:") for e in audited)
+            assert any("replay" in str(e["error"]) for e in audited)
 
 
 async def login_cert_for(cluster: Cluster, name: str) -> tuple[PrivateKey, bytes, list[str]]:

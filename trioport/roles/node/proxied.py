@@ -15,7 +15,8 @@ at what the client sent first:
   line. Refused, the node writes an SSH ``DISCONNECT`` (reason 1, "host not
   allowed to connect") with the reason, which OpenSSH prints ("Received
   disconnect from ...: the proxy line's signature does not verify"), logs it as
-  a warning with the address it came from, and closes the connection.
+  a warning with the address it came from, reports it (the node makes it an
+  ``auth`` audit event, ``method: proxy-line``), and closes the connection.
 
 The DISCONNECT is an unencrypted binary packet (RFC 4253 §6 with no cipher and
 no MAC, §11.1 for the message): nothing of the key exchange can have happened
@@ -69,10 +70,18 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
         stream: the accepted TCP connection.
         verify: turns a proxy line into the client's address, or raises
             :class:`~.proxyline.ProxyLineRefused`.
+        on_refused: called with the peer's address and the reason when a line
+            is refused (the node audits it).
     """
 
-    def __init__(self, stream: trio.SocketStream, verify: Callable[[bytes], str]) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        verify: Callable[[bytes], str],
+        on_refused: Callable[[str, str], object] | None = None,
+    ) -> None:
         self.stream = stream
+        self._on_refused = on_refused
         #: The socket (for the peer address the server's limits count).
         self.socket = stream.socket
         self._verify = verify
@@ -110,6 +119,8 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
     async def _refuse(self, reason: str) -> None:
         peer = _peer(self.socket)
         log.warning("refused a proxy line from %s: %s", peer, reason)
+        if self._on_refused is not None:
+            self._on_refused(peer, reason)
         message = f"trioport node: refused the proxy line: {reason}"
         async with self._send_lock:
             try:
@@ -156,17 +167,23 @@ class ProxyLineListener(trio.abc.Listener[trio.abc.Stream]):
 
     Args:
         listener: the listening socket.
-        verify: see :class:`ProxiedStream`.
+        verify, on_refused: see :class:`ProxiedStream`.
     """
 
-    def __init__(self, listener: trio.SocketListener, verify: Callable[[bytes], str]) -> None:
+    def __init__(
+        self,
+        listener: trio.SocketListener,
+        verify: Callable[[bytes], str],
+        on_refused: Callable[[str, str], object] | None = None,
+    ) -> None:
         self.listener = listener
         #: The listening socket (the SSH server reads its address).
         self.socket = listener.socket
         self._verify = verify
+        self._on_refused = on_refused
 
     async def accept(self) -> ProxiedStream:
-        return ProxiedStream(await self.listener.accept(), self._verify)
+        return ProxiedStream(await self.listener.accept(), self._verify, self._on_refused)
 
     async def aclose(self) -> None:
         await self.listener.aclose()

@@ -44,6 +44,7 @@ import trio
 
 from trioport.config import Address, Config
 from trioport.errors import DisconnectReason
+from trioport.roles.auth import audit_log
 from trioport.ssh import ServerLimits
 from trioport.ssh import serve as serve_ssh
 from trioport.sshproto import ConnectionConfig, Role
@@ -134,7 +135,6 @@ async def serve(
             replay=replay,
         )
 
-    listeners = [ProxyLineListener(sock, check_proxy_line) for sock in sockets]
     port = sockets[0].socket.getsockname()[1]
     addr = str(Address(advertise, port))
     link = AuthLink(servers, identity.client, backoff_max=reconnect_max_delay)
@@ -151,6 +151,22 @@ async def serve(
             interval=heartbeat_interval,
         )
         reporter = Reporter(link)
+
+        def proxy_line_refused(peer: str, reason: str) -> None:
+            reporter.emit(
+                audit_log.AUTH_ATTEMPT_FAILURE,
+                addr_remote=peer,
+                addr_local=addr,
+                success=False,
+                error=f"refused the proxy line: {reason}",
+                method="proxy-line",
+                service="node",
+                server_hostname=config.teleport.nodename,
+            )
+
+        listeners = [
+            ProxyLineListener(sock, check_proxy_line, proxy_line_refused) for sock in sockets
+        ]
         uploader = RecordingUploader(link, nursery, flush_seconds=recording_flush_seconds)
         node = NodeContext(
             host_id=identity.host_id,
