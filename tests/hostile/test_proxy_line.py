@@ -232,6 +232,14 @@ async def test_openssh_direct_is_plain_ssh_and_through_the_proxy_the_node_sees_t
                     check=False,
                 )
 
+            # A client that waits for the server to speak first is served as before.
+            scan = await trio.run_process(
+                ["/usr/bin/ssh-keyscan", "-c", "-p", str(node.addr.port), "127.0.0.1"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert b"ssh-ed25519-cert-v01@openssh.com" in scan.stdout, scan.stderr.decode()
             direct = await run("-p", str(node.addr.port), f"{LOGIN}@127.0.0.1", "echo direct")
             assert direct.stdout == b"direct\n", direct.stderr.decode()
             jump = f"bob@127.0.0.1:{cluster.ssh_addr.port}"
