@@ -76,48 +76,53 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.HalfCloseableStream,
         verify: Callable[[bytes], str],
         on_refused: Callable[[str, str], object] | None = None,
     ) -> None:
         self.stream = stream
         self._on_refused = on_refused
         #: The socket (for the peer address the server's limits count).
-        self.socket = stream.socket
+        self.socket = getattr(stream, "socket", None)
         self._verify = verify
         #: The client's address from an accepted proxy line (None: none was sent).
         self.client_addr: str | None = None
         self._pending = b""
         self._checked = False
+        self._refused: str | None = None
         self._send_lock = trio.Lock()
+
+    async def _read_more(self) -> bool:
+        """Add what arrives to the pending bytes; False at EOF. Kept in the object,
+        so a read cancelled half-way (the SSH driver's timers) loses nothing."""
+        data = await self.stream.receive_some(_READ)
+        self._pending += data
+        return bool(data)
 
     async def _check(self) -> None:
         magic = proxyline.MAGIC
-        buf = b""
-        while len(buf) < len(magic) and magic.startswith(buf):
-            data = await self.stream.receive_some(_READ)
-            if not data:
+        while len(self._pending) < len(magic) and magic.startswith(self._pending):
+            if not await self._read_more():
                 break
-            buf += data
-        if not buf.startswith(magic):
-            self._pending = buf
+        if not self._pending.startswith(magic):
+            self._checked = True
             return
-        while b"\n" not in buf[: proxyline.MAX_LINE]:
-            if len(buf) >= proxyline.MAX_LINE:
+        while b"\n" not in self._pending[: proxyline.MAX_LINE]:
+            if len(self._pending) >= proxyline.MAX_LINE:
                 await self._refuse(f"the proxy line is longer than {proxyline.MAX_LINE} bytes")
-            data = await self.stream.receive_some(_READ)
-            if not data:
+            if not await self._read_more():
                 await self._refuse("the connection ended inside the proxy line")
-            buf += data
-        end = buf.index(b"\n") + 1
+        end = self._pending.index(b"\n") + 1
         try:
-            self.client_addr = self._verify(buf[:end])
+            self.client_addr = self._verify(self._pending[:end])
         except proxyline.ProxyLineRefused as exc:
             await self._refuse(str(exc))
-        self._pending = buf[end:]
+        self._pending = self._pending[end:]
+        self._checked = True
 
     async def _refuse(self, reason: str) -> None:
         peer = _peer(self.socket)
+        self._refused = f"refused the proxy line from {peer}: {reason}"
         log.warning("refused a proxy line from %s: %s", peer, reason)
         if self._on_refused is not None:
             self._on_refused(peer, reason)
@@ -128,11 +133,12 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         await trio.aclose_forcefully(self.stream)
-        raise trio.BrokenResourceError(f"refused the proxy line from {peer}: {reason}")
+        raise trio.BrokenResourceError(self._refused)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._refused is not None:
+            raise trio.BrokenResourceError(self._refused)
         if not self._checked:
-            self._checked = True
             await self._check()
         if self._pending:
             size = len(self._pending) if max_bytes is None else max_bytes
