@@ -43,13 +43,9 @@ import h11
 import trio
 
 from trioport import __version__
-from trioport.authclient import APIError, AuthServiceUnavailable
+from trioport.authclient import APIError
 from trioport.config import Address
 from trioport.errors import (
-    AccessDenied,
-    AuthenticationFailed,
-    KeyFormatError,
-    NotFound,
     TrioportError,
 )
 from trioport.roles.auth._http import (
@@ -64,7 +60,7 @@ from trioport.roles.auth._http import (
 )
 
 from .state import ProxyState
-from .webui.http import API_CSP, HTTPRequest, WebResponse, security_headers
+from .webui.http import API_CSP, ERROR_STATUS, HTTPRequest, WebResponse, security_headers
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -122,17 +118,6 @@ def _route(method: str, template: str, *, limited: bool = False) -> Callable[[An
     return _router.route(method, template, _Policy(limited))
 
 
-#: Our errors as (HTTP status, kind), as the auth API reports them.
-_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (AuthenticationFailed, 401, "authentication_failed"),
-    (AccessDenied, 403, "access_denied"),
-    (NotFound, 404, "not_found"),
-    (AuthServiceUnavailable, 503, "unavailable"),
-    (KeyFormatError, 400, "bad_key"),
-    (ValueError, 400, "bad_request"),
-)
-
-
 class WebAPI:
     """The HTTPS endpoints over one :class:`~.state.ProxyState`.
 
@@ -158,7 +143,7 @@ class WebAPI:
             status = exc.status if 400 <= exc.status < 600 else 502
             return Response.error(status, exc.kind, str(exc))
         except Exception as exc:
-            for cls, status, kind in _ERRORS:
+            for cls, status, kind in ERROR_STATUS:
                 if isinstance(exc, cls):
                     return Response.error(status, kind, str(exc))
             if isinstance(exc, TrioportError):

@@ -37,10 +37,7 @@ import trio
 
 from trioport.authclient import APIError, AuthClient, AuthServiceUnavailable
 from trioport.errors import (
-    AccessDenied,
     AuthenticationFailed,
-    KeyFormatError,
-    NotFound,
     TrioportError,
 )
 from trioport.roles.auth._http import (
@@ -57,7 +54,7 @@ from trioport.roles.auth.users import INVALID_INVITE
 from trioport.sshproto.certs import Certificate
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
 
-from .http import HTTPRequest, WebResponse
+from .http import ERROR_STATUS, HTTPRequest, WebResponse
 from .playback import qr_svg, recording_events
 from .sessions import (
     SESSION_TTL,
@@ -107,17 +104,6 @@ def _route(
     return _router.route(method, template, _Policy(limited, session))
 
 
-#: Our errors as (HTTP status, kind).
-_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (AuthenticationFailed, 401, "authentication_failed"),
-    (AccessDenied, 403, "access_denied"),
-    (NotFound, 404, "not_found"),
-    (AuthServiceUnavailable, 503, "unavailable"),
-    (KeyFormatError, 400, "bad_key"),
-    (ValueError, 400, "bad_request"),
-)
-
-
 def error_response(exc: BaseException, what: str = "request") -> WebResponse:
     """The JSON error for an exception a handler raised."""
     if isinstance(exc, HTTPError):
@@ -125,7 +111,7 @@ def error_response(exc: BaseException, what: str = "request") -> WebResponse:
     if isinstance(exc, APIError):
         status = exc.status if 400 <= exc.status < 600 else 502
         return WebResponse.error(status, exc.kind, str(exc))
-    for cls, status, kind in _ERRORS:
+    for cls, status, kind in ERROR_STATUS:
         if isinstance(exc, cls):
             return WebResponse.error(status, kind, str(exc))
     if isinstance(exc, TrioportError):

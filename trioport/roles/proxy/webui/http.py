@@ -20,16 +20,38 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from trioport.authclient import AuthServiceUnavailable
 from trioport.config import Address
+from trioport.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    BackendUnavailable,
+    KeyFormatError,
+    NotFound,
+)
 from trioport.roles.auth._http import Response
 
 __all__ = [
     "API_CSP",
+    "ERROR_STATUS",
     "PAGE_CSP",
     "HTTPRequest",
     "WebResponse",
     "security_headers",
 ]
+
+#: Our errors as (HTTP status, kind), as the auth API reports them; the proxy's
+#: HTTPS endpoints (tsh's and the web UI's) answer with these. An auth service
+#: that is unreachable, or whose own storage is, is 503: try again later.
+ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (AuthenticationFailed, 401, "authentication_failed"),
+    (AccessDenied, 403, "access_denied"),
+    (NotFound, 404, "not_found"),
+    (AuthServiceUnavailable, 503, "unavailable"),
+    (BackendUnavailable, 503, "unavailable"),
+    (KeyFormatError, 400, "bad_key"),
+    (ValueError, 400, "bad_request"),
+)
 
 #: The policy of every page and static file (the contract the front end is built to).
 PAGE_CSP = (
