@@ -147,10 +147,12 @@ class RawSocket:
         bearer: str | None = "own",
         pong: bool = True,
         early: bytes = b"",
+        local_address: str | None = None,
     ) -> AsyncIterator[RawSocket]:
         """Open the terminal websocket as a browser would (Origin, bearer, cookie).
 
-        ``early`` is sent right behind the handshake, before the server answers.
+        ``early`` is sent right behind the handshake, before the server answers;
+        ``local_address`` is the address the browser connects from.
 
         Raises:
             Rejected: the server refused the handshake.
@@ -160,7 +162,7 @@ class RawSocket:
         token = login.csrf if bearer == "own" and login is not None else bearer
         if token is not None:
             protocols.append(f"bearer.{token}")
-        tcp = await trio.open_tcp_stream(addr.host, addr.port)
+        tcp = await trio.open_tcp_stream(addr.host, addr.port, local_address=local_address)
         stream = trio.SSLStream(tcp, browser.ctx, server_hostname=addr.host)
         raw = cls(stream, pong=pong)
         async with stream:
@@ -262,9 +264,18 @@ def terminal(
     origin: str | None = "own",
     bearer: str | None = "own",
     pong: bool = True,
+    local_address: str | None = None,
 ) -> Any:
     """The terminal websocket (``query`` after ``?``), opened as a browser opens it."""
-    return RawSocket.open(browser, login, query, origin=origin, bearer=bearer, pong=pong)
+    return RawSocket.open(
+        browser,
+        login,
+        query,
+        origin=origin,
+        bearer=bearer,
+        pong=pong,
+        local_address=local_address,
+    )
 
 
 async def read_until(ws: RawSocket, text: str, *, seconds: float = 20) -> str:

@@ -30,7 +30,8 @@ async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -
         browser = Browser(cluster)
         login = await browser.login(alice)
         query = f"node=node1&login={LOGIN}&cols=100&rows=30"
-        async with terminal(browser, login, query) as ws:
+        # The browser connects from 127.0.0.2; the proxy, to the node, from 127.0.0.1.
+        async with terminal(browser, login, query, local_address="127.0.0.2") as ws:
             assert ws.subprotocol == "trioport.terminal.v1"
             first = await ws.next_message()
             assert first["type"] == "session"
@@ -52,6 +53,17 @@ async def test_a_terminal_runs_a_shell_resizes_and_is_recorded(tmp_path: Path) -
             message = await until_close_message(ws)
             assert message["exit_status"] == 3 and message["reason"] == "exited"
             assert await ws.close_code() == 1000
+
+        # The node knows where the user really is (the proxy's signed line).
+        async with cluster.admin_client() as admin:
+            with trio.fail_after(30):
+                while True:
+                    found = await admin.search_events(events=["session.start"])
+                    starts = [e for e in found if e.get("sid") == sid]
+                    if starts:
+                        break
+                    await trio.sleep(0.2)
+        assert starts[0]["addr.remote"].startswith("127.0.0.2:"), starts[0]
 
         # The recording reaches the auth service, and plays back as events.
         with trio.fail_after(30):

@@ -75,6 +75,7 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import ServiceRole
 
 from ..client import host_verifier
+from ..nodedial import DialFailed, dial_node
 from ..router import Route, Target
 from ..sessions_client import JOIN_ENV, check_sid
 from .http import HTTPRequest, WebResponse
@@ -434,11 +435,18 @@ class Terminals:
         except (TrioportError, ValueError) as exc:
             return NORMAL, str(exc), None
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
-                stream = await trio.open_tcp_stream(route.dial.host, route.dial.port)
-        except (OSError, trio.TooSlowError):
+            # The node learns the browser's address from the proxy's signed line.
+            stream = await dial_node(
+                route,
+                client_addr=str(request.peer) if request.peer else None,
+                key=state.identity.key,
+                certificate=state.identity.certificate.blob,
+                clock=state.clock,
+                timeout=DIAL_TIMEOUT,
+            )
+        except DialFailed as exc:
             state.router.forget()
-            return NORMAL, f"cannot reach node {route.node.hostname!r} at {route.dial}", None
+            return NORMAL, str(exc), None
         reasons: list[str] = []
         config = ConnectionConfig(
             role=Role.CLIENT,
