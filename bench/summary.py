@@ -312,7 +312,7 @@ def proxy_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
 def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
     if doc is None:
         return [], ["bench/results/load.json is missing: run bench/load.py."]
-    size = "quick" if doc.get("quick") else "full size"
+    size = "quick" if doc.get("quick") else "sizes as in the row"
     src = f"load.py ({size}, {doc.get('started', '?')})"
     figures: list[Figure] = []
     notes: list[str] = []
