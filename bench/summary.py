@@ -396,12 +396,22 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
             )
         figures.append(
             Figure(
-                f"heartbeats per second, {n['nodes']} simulated nodes at once, {backend}",
-                f"{_fmt(n['heartbeats_per_second'])} ({n.get('failed', 0)} failed)",
+                f"nodes joined and connected to one auth service, {backend}",
+                f"{n['connected']} of {n['nodes']} (joins {n['joins_per_second']:.0f}/s);"
+                f" auth memory {_fmt((n.get('auth_rss_per_node') or 0) / KiB)} KiB per node",
                 "—",
                 src,
             )
         )
+        if n.get("rounds"):
+            figures.append(
+                Figure(
+                    f"heartbeats per second, {n['nodes']} simulated nodes at once, {backend}",
+                    f"{_fmt(n['heartbeats_per_second'])} ({n.get('failed', 0)} failed)",
+                    "—",
+                    src,
+                )
+            )
         for p in n.get("then") or []:
             figures.append(
                 Figure(
