@@ -281,6 +281,9 @@ def test_wrong_credentials_and_an_expired_session_say_so(
 
     # A session the proxy no longer knows (its cookie is gone): the next page says so.
     page.goto(f"{cluster.base}/web/login")
+    # Wait until this page has asked the proxy about its session (it then draws the
+    # form): marked any earlier, that page itself would read and clear the mark.
+    expect(page.locator("#login-form")).to_be_visible()
     page.evaluate("sessionStorage.setItem('trioport.had_session', '1')")
     page.goto(f"{cluster.base}/web/audit")
     expect(page).to_have_url(re.compile(r"/web/login"))
