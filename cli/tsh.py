@@ -37,12 +37,10 @@ from trioport import __version__
 from trioport.config import PROXY_WEB_PORT, parse_addr
 from trioport.errors import ConfigError, TrioportError
 from trioport.roles.proxy import client as proxy_client
-from trioport.roles.proxy import transfer
 from trioport.roles.proxy.profile import NotLoggedIn, Profile, tsh_home
 from trioport.roles.proxy.router import NodeInfo, parse_selector
 from trioport.ssh import ChannelStream, SSHConnection
 from trioport.ssh.agent import AgentForwardingHandler, open_agent
-from trioport.ssh.sftp_client import open_sftp
 from trioport.sshproto import events as ev
 from trioport.sshproto.certs import EXT_ROLES
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
@@ -721,6 +719,8 @@ class _ProgressBar:
         start = self.started.setdefault(path, now)
         width = shutil.get_terminal_size((80, 24)).columns
         name = os.path.basename(path.rstrip("/")) or path
+        from trioport.roles.proxy import transfer
+
         line = transfer.format_progress(name, done, total, now - start, width - 1)
         sys.stdout.write("\r" + line + ("\n" if finished else ""))
         sys.stdout.flush()
@@ -729,6 +729,10 @@ class _ProgressBar:
 
 
 async def _scp_async(args: argparse.Namespace, profile: Profile) -> int:
+    # SFTP's codecs are imported only for scp: every other command starts sooner.
+    from trioport.roles.proxy import transfer
+    from trioport.ssh.sftp_client import open_sftp
+
     *sources, dest = [transfer.parse_location(p) for p in args.paths]
     remote = [loc for loc in (*sources, dest) if loc.remote]
     if dest.remote and any(loc.remote for loc in sources):

@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
 from trioport.config import Address
@@ -62,8 +61,7 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertType, ServiceRole, check_certificate
 from trioport.sshproto.keys import PublicKey, parse_public_key
 
-from .router import NodeInfo
-from .ssh_proxy import SUBSYSTEM_NODES
+from .router import SUBSYSTEM_NODES, NodeInfo
 
 __all__ = [
     "HTTP_TIMEOUT",
@@ -115,6 +113,8 @@ def _request(
     ssl_context: ssl.SSLContext,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    import httpx  # here, not at the top: only login and ping speak HTTP (tsh ssh starts sooner)
+
     try:
         with httpx.Client(verify=ssl_context, timeout=HTTP_TIMEOUT, trust_env=False) as http:
             reply = http.request(method, _url(addr, path), json=body)

@@ -29,7 +29,6 @@ import attrs
 
 from trioport.config import PROXY_WEB_PORT, Address, parse_addr
 from trioport.errors import ConfigError
-from trioport.roles.auth.users import check_password
 
 from .client import _request
 
@@ -117,6 +116,10 @@ def check_new_password(password: str, again: str | None = None) -> str:
         ValueError: the two differ, or the password breaks the auth service's
             rule (12 to 128 characters); the message says which.
     """
+    # The auth service's module (and its storage) load only when a password is set,
+    # not for every tsh command.
+    from trioport.roles.auth.users import check_password
+
     if again is not None and password != again:
         raise ValueError("the passwords do not match")
     return check_password(password)

@@ -60,6 +60,7 @@ __all__ = [
     "FALLBACK_WAIT_SECONDS",
     "NODE_CACHE_SECONDS",
     "STALE_SECONDS",
+    "SUBSYSTEM_NODES",
     "NodeInfo",
     "NodeRouter",
     "Route",
@@ -71,6 +72,8 @@ __all__ = [
 
 log = logging.getLogger("trioport.proxy.router")
 
+#: The proxy's subsystem that lists the nodes a user may reach (as JSON).
+SUBSYSTEM_NODES = "trioport-nodes"
 #: Seconds the node list is reused between lookups.
 NODE_CACHE_SECONDS = 2.0
 #: Seconds the last answers of the auth service are used while it cannot be reached.

@@ -75,7 +75,7 @@ from trioport.sshproto.certs import Certificate, CertificateCheckResult, CertTyp
 from trioport.sshproto.keys import parse_public_key
 
 from .nodedial import DialFailed, dial_node
-from .router import FALLBACK_WAIT_SECONDS, Route, Target, parse_target
+from .router import FALLBACK_WAIT_SECONDS, SUBSYSTEM_NODES, Route, Target, parse_target
 from .state import AUTH_WAIT_SECONDS, OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
 
 __all__ = [
@@ -91,7 +91,6 @@ __all__ = [
 log = logging.getLogger("trioport.proxy.ssh")
 
 #: The subsystem that lists the nodes a user may see (``tsh ls``).
-SUBSYSTEM_NODES = "trioport-nodes"
 #: The subsystem that pipes to the auth service's SSH port.
 SUBSYSTEM_AUTH = "trioport-auth"
 #: Seconds to connect to a node (or the auth service).
