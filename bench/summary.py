@@ -413,6 +413,13 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
                 )
             )
         for p in n.get("then") or []:
+            if p["failed"]:
+                notes.append(
+                    f"{p['failed']} of the {p['failed'] + p['heartbeats']} heartbeats of"
+                    f" {n['connected']} nodes on {backend} at a node's pace (offered"
+                    f" {p['offered_per_second']:.0f}/s) failed, for example:"
+                    f" {p['errors'][0] if p['errors'] else '?'}"
+                )
             figures.append(
                 Figure(
                     f"{n['connected']} nodes heartbeating every {p['interval']:.0f} s,"
