@@ -1,4 +1,4 @@
-"""The benchmark's results and their Markdown report (bench/RESULTS.md).
+"""The benchmark's results and their Markdown report (bench/SSH_RESULTS.md).
 
 Throughput is in MB/s (10^6 bytes per second). CPU columns say what a row cost
 in CPU time, client and server separately, which moves far less than wall-clock

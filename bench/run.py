@@ -12,7 +12,8 @@ by the OS, with keys generated into a temporary directory. Then, side by side:
 - connection setup (handshake + publickey auth + ``exec true``): median latency
   of sequential connections, and connections per second with 8 in parallel.
 
-Prints a table and writes it, with the machine description, to bench/RESULTS.md.
+Prints a table and writes it, with the machine description, to bench/SSH_RESULTS.md
+(bench/summary.py gathers it with every other figure into bench/RESULTS.md).
 This is a benchmark, not a test: nothing is asserted. Every client run has a
 timeout, the whole run has a time budget, and every process started here is
 stopped before exit (see docs/benchmarks.md).
@@ -287,7 +288,7 @@ def main() -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated words; run only rows naming one of them"
     )
-    parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--output", default=str(BENCH / "SSH_RESULTS.md"))
     parser.add_argument(
         "--profile",
         metavar="DIR",

@@ -1,8 +1,8 @@
-"""Every figure of the project's benchmarks in one table: ``bench/SUMMARY.md``.
+"""Every figure of the project's benchmarks in one table: ``bench/RESULTS.md``.
 
     python3 bench/summary.py [--no-plots]
 
-Reads what the benchmarks left behind and writes ``bench/SUMMARY.md``: the
+Reads what the benchmarks left behind and writes ``bench/RESULTS.md``: the
 machine, one "Summary" table (each trioport figure beside OpenSSH's or asyncssh's
 from the same run where there is one, and which run it came from), the plots
 ``bench/plot.py`` draws (run first unless ``--no-plots``), and the load and proxy
@@ -13,7 +13,7 @@ Sources:
 - ``bench/results/load.json`` and ``bench/results/proxy.json`` (``bench/load.py``,
   ``bench/proxy_bench.py``), and any ``bench/results/load-NAME.json`` (``bench/load.py
   --only ... --out bench/results/load-NAME.json``: some scenarios at other sizes);
-- ``bench/RESULTS.md`` (``bench/run.py``: bulk throughput and connection set-up)
+- ``bench/SSH_RESULTS.md`` (``bench/run.py``: bulk throughput and connection set-up)
   and ``bench/AUTH_RESULTS.md`` (``bench/auth_bench.py``: certificates and
   heartbeats per second). Those two write markdown only, so their tables are
   read back from the markdown (:func:`markdown_tables`); a missing or reshaped
@@ -35,7 +35,7 @@ from typing import Any
 
 BENCH = pathlib.Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-SUMMARY = BENCH / "SUMMARY.md"
+SUMMARY = BENCH / "RESULTS.md"
 KiB = 1024
 MiB = 1024 * 1024
 
@@ -461,7 +461,7 @@ def collect() -> tuple[list[Figure], list[str], dict[str, Any]]:
     figures: list[Figure] = []
     notes: list[str] = []
     for fs, ns in (
-        ssh_figures(BENCH / "RESULTS.md"),
+        ssh_figures(BENCH / "SSH_RESULTS.md"),
         proxy_figures(proxy),
         auth_figures(BENCH / "AUTH_RESULTS.md"),
         load_figures(load),
@@ -485,14 +485,14 @@ PLOTS = [
 
 def render(figures: list[Figure], notes: list[str], docs: dict[str, Any]) -> str:
     machine = (docs.get("load") or docs.get("proxy") or {}).get("machine") or run_info(
-        BENCH / "RESULTS.md"
+        BENCH / "SSH_RESULTS.md"
     )
     lines = [
         "# trioport benchmark summary",
         "",
         "Every figure of the benchmarks in one table, each beside OpenSSH's or asyncssh's"
         " from the same run where one exists. Written by `python3 bench/summary.py` from"
-        " `bench/results/*.json`, `bench/RESULTS.md` and `bench/AUTH_RESULTS.md`; the"
+        " `bench/results/*.json`, `bench/SSH_RESULTS.md` and `bench/AUTH_RESULTS.md`; the"
         " source column says which run each figure came from (they ran at different times"
         " and commits). **The machine is shared with other work and noisy** (see the load"
         " averages in each section): compare figures of the same run, not across runs."
