@@ -89,7 +89,7 @@ from trioport.store.backend import (
     range_end,
 )
 
-__all__ = ["DEFAULT_PREFIX", "EtcdBackend", "open_etcd_backend", "tls_context"]
+__all__ = ["DEFAULT_PREFIX", "MAX_IN_FLIGHT", "EtcdBackend", "open_etcd_backend", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,12 @@ _IDEMPOTENT = frozenset({"/v3/kv/range", "/v3/kv/put", "/v3/lease/grant", "/v3/l
 _RETRY_ROUNDS = 3
 #: What etcd says when it refused a request because it has no leader (nothing was applied).
 _NO_LEADER = "no leader"
+#: Requests in flight to etcd at once; the rest wait their turn in order. Without
+#: a bound, a burst (thousands of heartbeats) piles up in httpx's connection pool,
+#: whose bookkeeping slows down with every waiter until calls time out there
+#: (``PoolTimeout``) instead of being served: throughput collapsed to a few calls
+#: a second. Well below the pool's 100 connections, so the pool never waits.
+MAX_IN_FLIGHT = 32
 
 
 class _LeaseNotFound(StoreError):
@@ -185,6 +191,7 @@ class EtcdBackend:
         self._client = httpx.AsyncClient(
             verify=ssl_context if ssl_context is not None else True, timeout=request_timeout
         )
+        self._in_flight = trio.Semaphore(MAX_IN_FLIGHT)
         self._current = 0  # index of the peer to try first
         self._fanout = Fanout()
         self._background: Background | None = None
@@ -581,7 +588,8 @@ class EtcdBackend:
                 delay = min(delay * 4, _BACKOFF_MAX)
             peer = self.peers[self._current]
             try:
-                response = await self._client.send(self._request(peer + path, body))
+                async with self._in_flight:
+                    response = await self._client.send(self._request(peer + path, body))
                 return _reply(response, peer, path)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 failures.append(f"{peer}: {exc!r}")
