@@ -232,24 +232,11 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         """
         inbox = self._stdout
         with inbox.busy:
-            if self._closed_by_us:
-                raise trio.ClosedResourceError("channel was closed")
-            await trio.lowlevel.checkpoint()
-            while not inbox.chunks:
-                if self._closed_by_us:
-                    raise trio.ClosedResourceError("channel was closed")
-                if self._eof_received:
-                    return []
-                if self._broken is not None:
-                    raise trio.BrokenResourceError("SSH connection is gone") from self._broken
-                await inbox.lot.park()
-            if self._closed_by_us:
-                raise trio.ClosedResourceError("channel was closed")
+            if not await self._wait_for_data(inbox):
+                return []
             out = list(inbox.chunks)
             inbox.chunks.clear()
-            if not self._closed_by_peer and self._broken is None:
-                self._conn.core_acknowledge(self.channel, sum(map(len, out)))
-                self._conn.flush_soon()
+            self._consumed(sum(map(len, out)))
             return out
 
     async def _receive(self, inbox: _Inbox, max_bytes: int | None) -> bytes:
@@ -259,25 +246,39 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with inbox.busy:
-            if self._closed_by_us:
-                raise trio.ClosedResourceError("channel was closed")
-            await trio.lowlevel.checkpoint()
-            while not inbox.chunks:
-                if self._closed_by_us:
-                    raise trio.ClosedResourceError("channel was closed")
-                if self._eof_received:
-                    return b""
-                if self._broken is not None:
-                    raise trio.BrokenResourceError("SSH connection is gone") from self._broken
-                await inbox.lot.park()
-            if self._closed_by_us:
-                raise trio.ClosedResourceError("channel was closed")
+            if not await self._wait_for_data(inbox):
+                return b""
             out = inbox.take(max_bytes)
-            # Reopen the peer's window only now that the application has the bytes.
-            if not self._closed_by_peer and self._broken is None:
-                self._conn.core_acknowledge(self.channel, len(out))
-                self._conn.flush_soon()
+            self._consumed(len(out))
             return out
+
+    async def _wait_for_data(self, inbox: _Inbox) -> bool:
+        """Wait until ``inbox`` has bytes (True) or the peer's EOF came (False).
+
+        Raises:
+            trio.ClosedResourceError: we closed the channel (before or meanwhile).
+            trio.BrokenResourceError: the connection is gone.
+        """
+        if self._closed_by_us:
+            raise trio.ClosedResourceError("channel was closed")
+        await trio.lowlevel.checkpoint()
+        while not inbox.chunks:
+            if self._closed_by_us:
+                raise trio.ClosedResourceError("channel was closed")
+            if self._eof_received:
+                return False
+            if self._broken is not None:
+                raise trio.BrokenResourceError("SSH connection is gone") from self._broken
+            await inbox.lot.park()
+        if self._closed_by_us:
+            raise trio.ClosedResourceError("channel was closed")
+        return True
+
+    def _consumed(self, n: int) -> None:
+        """The application took ``n`` bytes: only now may the peer's window reopen."""
+        if not self._closed_by_peer and self._broken is None:
+            self._conn.core_acknowledge(self.channel, n)
+            self._conn.flush_soon()
 
     async def send_eof(self) -> None:
         with self._send_busy:
