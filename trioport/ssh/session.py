@@ -235,7 +235,7 @@ async def _writev_all(fd: int, chunks: list[bytes]) -> None:
     Raises:
         BrokenPipeError: the reader is gone.
     """
-    views = [memoryview(c) for c in chunks]
+    views = [memoryview(c) for c in chunks if c]  # an empty view would never drain
     while views:
         try:
             written = os.writev(fd, views[:1024])  # IOV_MAX is 1024 on Linux
