@@ -373,6 +373,35 @@ async def _stderr_text(chan: Any, wait: float = 2.0) -> str:
     return ""
 
 
+class ProxyReason:
+    """What the proxy writes on a subsystem channel's stderr: its reason for a refusal.
+
+    :meth:`collect` runs in the proxy connection's nursery (it ends with the
+    channel) and keeps the first 64 KiB; :meth:`text` waits briefly for the end.
+    """
+
+    def __init__(self, chan: ChannelStream) -> None:
+        self._chan = chan
+        self._data = bytearray()
+        self._done = trio.Event()
+
+    async def collect(self) -> None:
+        try:
+            while chunk := await self._chan.stderr.receive_some():
+                if len(self._data) < 64 * 1024:
+                    self._data.extend(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._done.set()
+
+    async def text(self, wait: float = 1.0) -> str:
+        """The reason (without an ``error:`` prefix), or "" if none came in ``wait`` s."""
+        with trio.move_on_after(wait):
+            await self._done.wait()
+        return self._data.decode("utf-8", "replace").strip().removeprefix("error: ")
+
+
 async def list_nodes(proxy: SSHConnection) -> tuple[str, list[NodeInfo]]:
     """The cluster's name and the nodes the logged-in user may see.
 
@@ -439,22 +468,9 @@ async def connect_node(
     if not await chan.request(ev.Subsystem(name=f"proxy:{host}:{port}")):
         await chan.aclose()
         raise ProxyRefused("the proxy refused the proxy subsystem (is it a trioport proxy?)")
-    # The proxy explains a refusal on stderr; collect it in the proxy connection's
-    # nursery (it ends when the channel does).
-    stderr = bytearray()
-    drained = trio.Event()
-
-    async def drain() -> None:
-        try:
-            while chunk := await chan.stderr.receive_some():
-                if len(stderr) < 64 * 1024:
-                    stderr.extend(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            drained.set()
-
-    proxy.start_soon(drain)
+    # The proxy explains a refusal on stderr.
+    reason = ProxyReason(chan)
+    proxy.start_soon(reason.collect)
     config = ConnectionConfig(role=Role.CLIENT, verify_host_key=verify)
     established = False
     try:
@@ -475,9 +491,7 @@ async def connect_node(
     except (ConnectionClosedError, ProtocolError, trio.BrokenResourceError) as exc:
         if established:
             raise
-        with trio.move_on_after(1):
-            await drained.wait()
-        why = stderr.decode("utf-8", "replace").strip().removeprefix("error: ")
+        why = await reason.text()
         if why:
             raise ProxyRefused(why) from None
         raise ProxyRefused(

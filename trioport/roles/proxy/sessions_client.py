@@ -47,7 +47,7 @@ from trioport.sshproto import ConnectionConfig, Role
 from trioport.sshproto import events as ev
 from trioport.sshproto.keys import PublicKey
 
-from .client import CONNECT_TIMEOUT, ProxyRefused
+from .client import CONNECT_TIMEOUT, ProxyReason, ProxyRefused
 from .ssh_proxy import SUBSYSTEM_AUTH
 
 __all__ = [
@@ -124,20 +124,8 @@ async def open_auth_api(
     if not await chan.request(ev.Subsystem(name=SUBSYSTEM_AUTH)):
         await trio.aclose_forcefully(chan)
         raise ProxyRefused("the proxy does not offer the auth API (is it a trioport proxy?)")
-    stderr = bytearray()
-    drained = trio.Event()
-
-    async def drain() -> None:
-        try:
-            while chunk := await chan.stderr.receive_some():
-                if len(stderr) < 64 * 1024:
-                    stderr.extend(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            drained.set()
-
-    proxy.start_soon(drain)
+    reason = ProxyReason(chan)
+    proxy.start_soon(reason.collect)
     established = False
     try:
         async with open_ssh(
@@ -174,9 +162,7 @@ async def open_auth_api(
     ) as exc:
         if established:
             raise
-        with trio.move_on_after(1):
-            await drained.wait()
-        why = stderr.decode("utf-8", "replace").strip().removeprefix("error: ")
+        why = await reason.text()
         raise ProxyRefused(
             why or f"cannot reach the auth service through the proxy: {exc}"
         ) from None
