@@ -63,7 +63,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
-def _os_reason(exc: BaseException) -> str:
+def os_reason(exc: BaseException) -> str:
+    """A failed connect's reason in a few words (``Connection refused``)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.rsplit(": ", 1)[-1]
     return str(exc) or type(exc).__name__
@@ -96,7 +97,7 @@ async def dial_node(
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(where.host, where.port)
     except (OSError, trio.TooSlowError) as exc:
-        why = "no answer" if isinstance(exc, trio.TooSlowError) else _os_reason(exc)
+        why = "no answer" if isinstance(exc, trio.TooSlowError) else os_reason(exc)
         raise DialFailed(f"cannot reach node {name!r} at {where}: {why}") from None
     try:
         greeting = b""
@@ -126,7 +127,7 @@ async def dial_node(
                 await stream.send_all(line)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
-        raise DialFailed(f"node {name!r} at {where} hung up: {_os_reason(exc)}") from None
+        raise DialFailed(f"node {name!r} at {where} hung up: {os_reason(exc)}") from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

@@ -74,7 +74,7 @@ from trioport.sshproto import events as ev
 from trioport.sshproto.certs import Certificate, CertificateCheckResult, CertType, check_certificate
 from trioport.sshproto.keys import parse_public_key
 
-from .nodedial import DialFailed, dial_node
+from .nodedial import DialFailed, dial_node, os_reason
 from .router import FALLBACK_WAIT_SECONDS, SUBSYSTEM_NODES, Route, Target, parse_target
 from .state import AUTH_WAIT_SECONDS, OPTIONS_CACHE_SIZE, OPTIONS_FRESH_SECONDS, ProxyState
 
@@ -444,19 +444,13 @@ class ProxySSHHandler(SSHHandler):
                 with trio.fail_after(DIAL_TIMEOUT):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
-                last = f"cannot reach the auth service at {addr}: {_os_reason(exc)}"
+                last = f"cannot reach the auth service at {addr}: {os_reason(exc)}"
                 continue
             async with stream:
                 await splice(chan, stream, self.touch)
             await _exit(chan, 0)
             return
         await _fail(chan, last)
-
-
-def _os_reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.rsplit(": ", 1)[-1]
-    return str(exc) or type(exc).__name__
 
 
 async def _exit(chan: ChannelStream, status: int) -> None:
