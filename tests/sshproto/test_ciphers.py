@@ -27,6 +27,7 @@ from trioport.errors import (
 )
 from trioport.sshproto import ciphers
 from trioport.sshproto.ciphers import CIPHERS, MACS, MAX_PACKET_SIZE, create, none_protection
+from trioport.sshproto.sendqueue import SendQueue
 
 COMBOS = [
     (cipher, mac)
@@ -91,6 +92,32 @@ def test_round_trip_every_cipher_and_mac(cipher: str, mac: str | None) -> None:
         assert length - 1 - len(payload) >= 4
         assert payload not in wire or len(payload) < 4  # it is encrypted
         assert _receive(receiver, seqnr, wire) == payload
+
+
+@pytest.mark.parametrize(("cipher", "mac"), [*COMBOS, ("none", None)], ids=[*IDS, "none"])
+def test_sealing_in_two_parts_is_sealing_the_whole_payload(cipher: str, mac: str | None) -> None:
+    """Channel data is sealed as header + the application's buffer, straight into the
+    send queue: the wire bytes are exactly those of the joined payload."""
+    if cipher == "none":
+        whole, parts = none_protection(), none_protection()
+    else:
+        whole, parts = _pair(cipher, mac)
+    queue = SendQueue()
+    expected = b""
+    data = memoryview(bytes(range(256)) * 600)
+    for seqnr, (head, body) in enumerate(
+        [
+            (b"\x5e\x00\x00\x00\x01", data[:100_000]),
+            (b"\x61\x00\x00\x00\x01", b""),
+            (b"\x5e", data[7:]),
+        ]
+    ):
+        expected += whole.seal(seqnr, head + bytes(body), _counter_rng(seqnr))
+        size = parts.seal_into(seqnr, head, body, _counter_rng(seqnr), queue)
+        assert len(queue) == len(expected)
+        assert size > len(head) + len(body)
+    assert bytes(queue.take()) == expected
+    assert not queue
 
 
 def test_none_protection_is_plain_framing() -> None:

@@ -210,7 +210,8 @@ class SSHConnection:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             generation = self._queued_generation
-            data = self._core.data_to_send()
+            # A view of the core's arena, valid until we ask again: no copy.
+            data = self._core.data_to_send_view()
             if data:
                 try:
                     await self.stream.send_all(data)

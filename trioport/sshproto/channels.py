@@ -81,11 +81,19 @@ class Channels:
     Args:
         config: the connection's configuration.
         send: queues one message for the peer.
+        send_parts: queues the message ``head || body`` for the peer (channel data,
+            encrypted straight from the application's buffer).
     """
 
-    def __init__(self, config: ConnectionConfig, send: Callable[[m.Message], None]) -> None:
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        send: Callable[[m.Message], None],
+        send_parts: Callable[[bytes, bytes | bytearray | memoryview], None],
+    ) -> None:
         self.config = config
         self._send = send
+        self._send_parts = send_parts
         self._channels: dict[int, Channel] = {}
         self._reserved: set[int] = set()
         # Lowest-free-id allocation in O(log n): ids below _next_id that are free
@@ -235,9 +243,9 @@ class Channels:
             )
         chan.send_window -= n
         if event.stream is None:
-            self._send(m.ChannelData(chan.peer_id, bytes(event.data)))
+            self._send_parts(m.channel_data_head(chan.peer_id, n), event.data)
         else:
-            self._send(m.ChannelExtendedData(chan.peer_id, event.stream, bytes(event.data)))
+            self._send_parts(m.extended_data_head(chan.peer_id, event.stream, n), event.data)
 
     def _send_eof(self, event: ev.ChannelEOF) -> None:
         chan = self._get(event.channel)

@@ -7,7 +7,9 @@ with :func:`create` (before the first NEWKEYS it uses :func:`none_protection`). 
 object does the whole binary-packet framing of RFC 4253 §6, so the transport never
 learns cipher details:
 
-- sending: ``wire = p.seal(seqnr, payload, rng)``;
+- sending: ``p.seal_into(seqnr, head, body, rng, queue)`` writes the packet for the
+  payload ``head || body`` straight into a :class:`~.sendqueue.SendQueue` (the bulk
+  path: no per-packet buffers); ``wire = p.seal(seqnr, payload, rng)`` returns it;
 - receiving: wait for ``p.head_size`` bytes, ``total = p.packet_length(seqnr, head)``,
   wait for ``total`` bytes, ``payload = p.open(seqnr, wire)``.
 
@@ -54,6 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from ..errors import DisconnectReason, LocalProtocolError, MACError, RemoteProtocolError
+from .sendqueue import SendQueue
 
 __all__ = [
     "CIPHERS",
@@ -188,6 +191,29 @@ def _check_size(payload_size: int, length: int) -> None:
         raise LocalProtocolError(f"payload of {payload_size} bytes exceeds the packet size limit")
 
 
+Buffer = bytes | bytearray | memoryview
+
+
+def _fill(view: memoryview, pad: int, head: Buffer, body: Buffer, padding: bytes) -> None:
+    """Write padding_length || payload (``head`` then ``body``) || padding into ``view``."""
+    view[0] = pad
+    end = 1 + len(head)
+    view[1:end] = head
+    start, end = end, end + len(body)
+    view[start:end] = body
+    view[end:] = padding
+
+
+def _stream_into(stream: CipherContext, view: memoryview, *parts: Buffer) -> None:
+    """Encrypt ``parts`` one after another into ``view`` (a stream cipher: CTR, ChaCha20)."""
+    offset = 0
+    for part in parts:
+        end = offset + len(part)
+        if end > offset:
+            stream.update_into(part, view[offset:end])
+        offset = end
+
+
 class PacketProtection:
     """One direction's packet protection. See the module docstring for the protocol.
 
@@ -204,15 +230,37 @@ class PacketProtection:
     block_size: int
 
     def seal(self, seqnr: int, payload: bytes, rng: Callable[[int], bytes]) -> bytes:
-        """Frame, pad, encrypt and MAC one payload.
+        """Frame, pad, encrypt and MAC one payload; return the bytes for the wire.
+
+        Raises:
+            LocalProtocolError: the packet would exceed :data:`MAX_PACKET_SIZE`.
+        """
+        queue = SendQueue()
+        self.seal_into(seqnr, payload, b"", rng, queue)
+        return bytes(queue.take())
+
+    def seal_into(
+        self,
+        seqnr: int,
+        head: Buffer,
+        body: Buffer,
+        rng: Callable[[int], bytes],
+        out: SendQueue,
+    ) -> int:
+        """Frame, pad, encrypt and MAC the payload ``head || body`` into ``out``.
+
+        The payload comes in two parts so channel data is encrypted straight from
+        the application's buffer: ``head`` is the message header, ``body`` its data.
 
         Args:
             seqnr: this packet's sequence number (RFC 4253 §6.4).
-            payload: the message bytes.
+            head: the start of the message (its first byte is the message number).
+            body: the rest of the message (may be empty).
             rng: source of random padding.
+            out: where the packet is queued.
 
         Returns:
-            The bytes to put on the wire.
+            The packet's size on the wire.
 
         Raises:
             LocalProtocolError: the packet would exceed :data:`MAX_PACKET_SIZE`.
@@ -274,11 +322,19 @@ class _NoProtection(PacketProtection):
         self.mac_size = 0
         self.block_size = 8
 
-    def seal(self, seqnr: int, payload: bytes, rng: Callable[[int], bytes]) -> bytes:
-        pad = _padding_length(len(payload), 8, 4)
-        length = 1 + len(payload) + pad
-        _check_size(len(payload), length)
-        return b"".join((_U32.pack(length), _BYTE[pad], payload, rng(pad)))
+    def seal_into(
+        self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
+    ) -> int:
+        size = len(head) + len(body)
+        pad = _padding_length(size, 8, 4)
+        length = 1 + size + pad
+        _check_size(size, length)
+        total = 4 + length
+        view = out.reserve(total)
+        _U32.pack_into(view, 0, length)
+        _fill(view[4:], pad, head, body, rng(pad))
+        out.commit(total)
+        return total
 
     def packet_length(self, seqnr: int, head: bytes) -> int:
         length = _U32.unpack_from(head)[0]
@@ -316,18 +372,29 @@ class _CtrHmac(PacketProtection):
             mac.update(part)
         return mac.digest()
 
-    def seal(self, seqnr: int, payload: bytes, rng: Callable[[int], bytes]) -> bytes:
-        pad = _padding_length(len(payload), 16, 0 if self._etm else 4)
-        length = 1 + len(payload) + pad
-        _check_size(len(payload), length)
-        head = _U32.pack(length)
+    def seal_into(
+        self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
+    ) -> int:
+        size = len(head) + len(body)
+        pad = _padding_length(size, 16, 0 if self._etm else 4)
+        length = 1 + size + pad
+        _check_size(size, length)
+        end = 4 + length
+        total = end + self.mac_size
+        view = out.reserve(total)
+        padding = rng(pad)
         if self._etm:
             # PROTOCOL §1.7: mac = MAC(key, seqnr || packet_length || encrypted packet).
-            body = self._stream.update(b"".join((_BYTE[pad], payload, rng(pad))))
-            return b"".join((head, body, self._digest(seqnr, head, body)))
-        # RFC 4253 §6.4: mac = MAC(key, seqnr || unencrypted packet).
-        plain = b"".join((head, _BYTE[pad], payload, rng(pad)))
-        return self._stream.update(plain) + self._digest(seqnr, plain)
+            _U32.pack_into(view, 0, length)
+            _stream_into(self._stream, view[4:end], _BYTE[pad] + head, body, padding)
+            view[end:total] = self._digest(seqnr, view[:end])
+        else:
+            # RFC 4253 §6.4: mac = MAC(key, seqnr || unencrypted packet).
+            start = _U32.pack(length) + _BYTE[pad] + head
+            view[end:total] = self._digest(seqnr, start, body, padding)
+            _stream_into(self._stream, view[:end], start, body, padding)
+        out.commit(total)
+        return total
 
     def packet_length(self, seqnr: int, head: bytes) -> int:
         if self._etm:
@@ -381,17 +448,23 @@ class _AesGcm(PacketProtection):
         self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, seqnr: int, payload: bytes, rng: Callable[[int], bytes]) -> bytes:
-        pad = _padding_length(len(payload), 16, 0)
-        length = 1 + len(payload) + pad
-        _check_size(len(payload), length)
-        head = _U32.pack(length)
-        plain = b"".join((_BYTE[pad], payload, rng(pad)))
-        # Encrypt straight into the packet buffer: one copy fewer per packet.
-        out = bytearray(4 + length + 16)
-        out[:4] = head
-        self._aead.encrypt_into(self._nonce(), plain, head, memoryview(out)[4:])
-        return out
+    def seal_into(
+        self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
+    ) -> int:
+        size = len(head) + len(body)
+        pad = _padding_length(size, 16, 0)
+        length = 1 + size + pad
+        _check_size(size, length)
+        total = 4 + length + 16
+        # The AEAD call wants the plaintext in one piece: assemble it just past the
+        # packet (reserved, never committed), then encrypt into the packet itself.
+        view = out.reserve(total + length)
+        _U32.pack_into(view, 0, length)
+        plain = view[total:]
+        _fill(plain, pad, head, body, rng(pad))
+        self._aead.encrypt_into(self._nonce(), plain, view[:4], view[4:total])
+        out.commit(total)
+        return total
 
     def packet_length(self, seqnr: int, head: bytes) -> int:
         length = _U32.unpack_from(head)[0]
@@ -442,18 +515,25 @@ class _ChaChaPoly(PacketProtection):
         stream = Cipher(algorithms.ChaCha20(self._k2, _COUNTER_0 + nonce), None).encryptor()
         return stream, stream.update(_ZERO_BLOCK)[:32]
 
-    def seal(self, seqnr: int, payload: bytes, rng: Callable[[int], bytes]) -> bytes:
-        pad = _padding_length(len(payload), 8, 0)
-        length = 1 + len(payload) + pad
-        _check_size(len(payload), length)
+    def seal_into(
+        self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
+    ) -> int:
+        size = len(head) + len(body)
+        pad = _padding_length(size, 8, 0)
+        length = 1 + size + pad
+        _check_size(size, length)
+        end = 4 + length
+        total = end + 16
+        view = out.reserve(total)
         nonce = _U64.pack(seqnr & _SEQ_MASK)
-        head = self._length_stream(nonce).update(_U32.pack(length))
+        self._length_stream(nonce).update_into(_U32.pack(length), view[:4])
         stream, poly_key = self._main_stream(nonce)
-        body = stream.update(b"".join((_BYTE[pad], payload, rng(pad))))
+        _stream_into(stream, view[4:end], _BYTE[pad] + head, body, rng(pad))
         mac = Poly1305(poly_key)
-        mac.update(head)
-        mac.update(body)
-        return b"".join((head, body, mac.finalize()))
+        mac.update(view[:end])
+        view[end:total] = mac.finalize()
+        out.commit(total)
+        return total
 
     def _length(self, seqnr: int, head: bytes | memoryview) -> int:
         nonce = _U64.pack(seqnr & _SEQ_MASK)

@@ -88,7 +88,7 @@ class Connection:
             else None
         )
         self._client_auth = ClientAuth(self._send) if self.role is Role.CLIENT else None
-        self._channels = Channels(config, self._send)
+        self._channels = Channels(config, self._send, self._transport.send_parts)
         self._ext_info_in_auth = False
         self._success_must_follow = False
         #: Extensions the peer announced in EXT_INFO (RFC 8308), name -> raw value.
@@ -163,6 +163,11 @@ class Connection:
         Works in every state, so a DISCONNECT queued by an error can be delivered.
         """
         return self._transport.data_to_send()
+
+    def data_to_send_view(self) -> memoryview:
+        """Like :meth:`data_to_send`, without a copy: the view is valid until the next
+        call of either (a driver sends it, then asks again)."""
+        return self._transport.data_to_send_view()
 
     @property
     def output_held(self) -> bool:

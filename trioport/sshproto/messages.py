@@ -491,9 +491,8 @@ class ChannelData(Message):
     recipient: int
     data: bytes
 
-    # The bulk-data path: one struct for the header, no generic field walk.
     def __bytes__(self) -> bytes:
-        return _DATA_HEAD.pack(self.ID, self.recipient, len(self.data)) + self.data
+        return channel_data_head(self.recipient, len(self.data)) + self.data
 
     @classmethod
     def decode(cls, r: Reader) -> Message:
@@ -509,11 +508,21 @@ class ChannelExtendedData(Message):
     data: bytes
 
     def __bytes__(self) -> bytes:
-        return _EXTENDED_HEAD.pack(self.ID, self.recipient, self.code, len(self.data)) + self.data
+        return extended_data_head(self.recipient, self.code, len(self.data)) + self.data
 
     @classmethod
     def decode(cls, r: Reader) -> Message:
         return cls(r.uint32(), r.uint32(), r.rest_string())
+
+
+def channel_data_head(recipient: int, size: int) -> bytes:
+    """CHANNEL_DATA up to its data: the bulk path sends the data from its own buffer."""
+    return _DATA_HEAD.pack(MsgId.CHANNEL_DATA, recipient, size)
+
+
+def extended_data_head(recipient: int, code: int, size: int) -> bytes:
+    """CHANNEL_EXTENDED_DATA up to its data (see :func:`channel_data_head`)."""
+    return _EXTENDED_HEAD.pack(MsgId.CHANNEL_EXTENDED_DATA, recipient, code, size)
 
 
 @dataclass(**_MSG)

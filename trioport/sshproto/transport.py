@@ -48,6 +48,7 @@ from . import messages as m
 from .config import ConnectionConfig
 from .keys import CERT_SUFFIX, HOST_KEY_ALGORITHMS, PrivateKey, parse_public_key
 from .keys import signature_algorithm_for as sig_alg_for
+from .sendqueue import SendQueue
 from .state import KEX_EXPECTS, KexPhase, Role
 from .wire import Reader
 
@@ -109,7 +110,7 @@ class Transport:
         self._inbuf = bytearray()
         self._inpos = 0
         self.eof = False
-        self._out: list[bytes] = []
+        self._out = SendQueue()
         # Version exchange.
         self.local_version = f"SSH-2.0-{config.software_version}"
         self.peer_version: str | None = None
@@ -178,9 +179,11 @@ class Transport:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire; the queue is then empty."""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        return bytes(self._out.take())
+
+    def data_to_send_view(self) -> memoryview:
+        """Like :meth:`data_to_send`, without a copy: valid until the next call of either."""
+        return self._out.take()
 
     # --- version exchange (RFC 4253 §4.2) ----------------------------------------------
 
@@ -277,11 +280,21 @@ class Transport:
         """Queue one typed message (see :meth:`send`)."""
         self.send(bytes(message))
 
-    def _write(self, payload: bytes) -> None:
-        packet = self._send_prot.seal(self._send_seq, payload, self._rng)
+    def send_parts(self, head: bytes, body: bytes | bytearray | memoryview) -> None:
+        """Queue the message ``head || body`` (channel data: header, then the data).
+
+        The body is encrypted straight from the caller's buffer when it can go out
+        now; a message held for a key exchange keeps its own copy.
+        """
+        if not self._newkeys_sent and head[0] not in _KEX_SAFE:
+            self._held.append(head + bytes(body))
+            return
+        self._write(head, body)
+
+    def _write(self, head: bytes, body: bytes | bytearray | memoryview = b"") -> None:
+        size = self._send_prot.seal_into(self._send_seq, head, body, self._rng, self._out)
         self._send_seq = (self._send_seq + 1) & _SEQ_MASK
-        self._out.append(packet)
-        self._bytes_out += len(packet)
+        self._bytes_out += size
 
     def send_disconnect(self, code: int, description: str) -> None:
         """Queue DISCONNECT now, ahead of anything held (RFC 4253 §11.1)."""
