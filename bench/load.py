@@ -384,14 +384,22 @@ def render(doc: dict[str, Any]) -> str:
         else:
             trace = c.get("rss_trace") or []
             growth = (trace[-1][1] - trace[0][1]) if len(trace) >= 2 else None
+            # Whether memory levels off: the second half of the run on its own.
+            half = [rss for done, rss in trace if done >= c["cycles"] // 2]
+            levels = (
+                f"; over the second half {_mb(min(half))} to {_mb(max(half))},"
+                f" {_signed_mb(half[-1] - half[0])} from its start to the end"
+                if len(half) >= 2
+                else ""
+            )
             lines.append(
                 f"| {c['cycles']} connect/authenticate/exec `true`/exit cycles,"
                 f" {c['parallel']} at a time | errors {_errors(c)},"
                 f" exit 0: {c['exit_statuses_zero']}, audit `exec` events {c['exec_events']};"
                 f" {c['cycles_per_second']:.1f} cycles/s; server RSS"
                 f" {_mb(c['baseline']['rss'])} → {_mb(c['after']['rss'])}"
-                f" ({_signed_mb(growth)} from the first to the last twentieth); at the end:"
-                f" {_resources(c['baseline'], c['after'])} |"
+                f" ({_signed_mb(growth)} from the first to the last twentieth{levels});"
+                f" at the end: {_resources(c['baseline'], c['after'])} |"
             )
     for backend, n in (doc.get("nodes") or {}).items():
         if "error" in n:

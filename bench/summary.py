@@ -444,12 +444,18 @@ def load_figures(doc: dict[str, Any] | None) -> tuple[list[Figure], list[str]]:
 
 
 def _rss_growth(trace: list[list[int]]) -> str:
-    """RSS growth along a cycles run: from its first twentieth to its last, per cycle."""
+    """RSS growth along a cycles run: from its first twentieth to its last, per cycle,
+    then over the second half alone (whether it levels off)."""
     if len(trace) < 2:
         return "—"
     (n0, r0), (n1, r1) = trace[0], trace[-1]
     per = (r1 - r0) / max(1, n1 - n0)
-    return f"{(r1 - r0) / MiB:+.1f} MiB from cycle {n0} to {n1} ({per / KiB:+.1f} KiB a cycle)"
+    text = f"{(r1 - r0) / MiB:+.1f} MiB from cycle {n0} to {n1} ({per / KiB:+.1f} KiB a cycle)"
+    half = [(n, r) for n, r in trace if n >= n1 // 2]
+    if len(half) >= 2 and half[0][0] > n0:
+        (h0, s0), (_, s1) = half[0], half[-1]
+        text += f", {(s1 - s0) / MiB:+.1f} MiB from cycle {h0} to {n1}"
+    return text
 
 
 def collect() -> tuple[list[Figure], list[str], dict[str, Any]]:
