@@ -6,19 +6,21 @@ packet (and a joined batch per flush) costs a page fault per 4 KiB written once
 the allocator hands the memory back to the kernel, which was most of a client's
 CPU time. Two arenas alternate: :meth:`SendQueue.take` hands the driver what was
 written so far and switches to the other arena, so the driver can send that view
-while new packets are sealed into the other one.
+while new packets are sealed into the other one. A connection that goes quiet
+after a bulk transfer gives the arenas' memory back.
 """
 
 from __future__ import annotations
 
 __all__ = ["SendQueue"]
 
-#: Arena size on first use, and the smallest one we shrink back to.
+#: Arena size on first use, and what a quiet connection's arenas shrink back to.
 _MIN_ARENA = 16 * 1024
-#: An arena at least this many times larger than the last batch it carried is
-#: replaced by a smaller one (a connection that once moved bulk data and went
-#: quiet does not keep megabytes).
-_SHRINK_FACTOR = 8
+#: A batch smaller than this is "quiet" traffic (keystrokes, keepalives, window
+#: adjustments); after _QUIET_RUN of them in a row the arenas shrink. One quiet batch
+#: is not enough: a bulk sender interleaves window adjustments with its data.
+_QUIET_BATCH = 8 * 1024
+_QUIET_RUN = 4
 
 
 class SendQueue:
@@ -29,12 +31,13 @@ class SendQueue:
     :meth:`take` and may use the returned view until its next call of :meth:`take`.
     """
 
-    __slots__ = ("_arenas", "_current", "_used")
+    __slots__ = ("_arenas", "_current", "_quiet", "_used")
 
     def __init__(self) -> None:
         self._arenas = [bytearray(), bytearray()]
         self._current = 0
         self._used = 0
+        self._quiet = 0  # quiet batches in a row
 
     def __len__(self) -> int:
         return self._used
@@ -67,11 +70,13 @@ class SendQueue:
     def take(self) -> memoryview:
         """Everything queued, as a view valid until the next :meth:`take`; then empty."""
         current = self._current
-        view = memoryview(self._arenas[current])[: self._used]
         batch = self._used
+        view = memoryview(self._arenas[current])[:batch]
         self._current = 1 - current
         self._used = 0
-        following = self._arenas[self._current]
-        if len(following) > _MIN_ARENA and len(following) > _SHRINK_FACTOR * batch:
-            self._arenas[self._current] = bytearray(max(_MIN_ARENA, 2 * batch))
+        self._quiet = self._quiet + 1 if batch < _QUIET_BATCH else 0
+        if self._quiet >= _QUIET_RUN:
+            # The bulk transfer is over: give its megabytes back. Replacing the arena
+            # just taken is safe too, the returned view keeps it alive.
+            self._arenas = [a if len(a) <= _MIN_ARENA else bytearray() for a in self._arenas]
         return view
