@@ -290,6 +290,23 @@ def test_request_sent_before_kex_is_held_until_service_accept() -> None:
     assert ev.UserauthFailure(methods=("publickey",)) in pair.take(pair.client)
 
 
+def test_first_request_follows_service_request_without_waiting_for_accept() -> None:
+    """A login costs no round trip for SERVICE_ACCEPT: the request the driver makes
+    as soon as the key exchange is done reaches the server in the same flight."""
+    pair = ConnectionPair()
+    pair.on_event = lambda conn, event: (
+        conn.send(ev.UserauthRequest(username="alice", method="none"))
+        if conn is pair.client and isinstance(event, ev.KexComplete)
+        else None
+    )
+    # Up to the client's NEWKEYS: version, KEXINIT, ECDH_INIT, then the reply and NEWKEYS.
+    while not any(isinstance(e, ev.KexComplete) for e in pair.events[pair.client]):
+        assert pair.transfer(pair.client) + pair.transfer(pair.server)
+    pair.transfer(pair.client)  # NEWKEYS, SERVICE_REQUEST and the request, in one go
+    pair.transfer(pair.server)  # SERVICE_ACCEPT, then the failure of "none"
+    assert ev.UserauthFailure(methods=("publickey",)) in pair.take(pair.client)
+
+
 def test_pipelined_requests_are_answered_in_order() -> None:
     pair = _ready()
     pair.client.send(publickey_request(pair.client, sign=False))  # the driver decides

@@ -289,6 +289,7 @@ class Connection:
             self._state = TransportState.SERVICE
             if self._client_auth is not None:
                 self._send(m.ServiceRequest(SERVICE_USERAUTH))
+                self._client_auth.on_service_requested()
         self._events.append(event)
 
     def _on_ext_info(self, seqnr: int, payload: bytes) -> None:
