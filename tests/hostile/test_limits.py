@@ -272,3 +272,29 @@ async def _exited(pid: int) -> None:
         await trio.lowlevel.wait_readable(fd)
     finally:
         os.close(fd)
+
+
+async def test_a_client_that_never_reads_its_replies_cannot_grow_the_server_queue(
+    hostile_server, keys
+) -> None:
+    # Every global request with want_reply gets an answer. A client that keeps asking
+    # and never reads the answers must make the server stop reading (its replies back
+    # up), not buffer replies without bound; other clients are served meanwhile.
+    with trio.fail_after(TIMEOUT):
+        bed = await hostile_server()
+        peer = await bed.peer()
+        await peer.authenticate("mallory", keys.mallory)
+        (server_side,) = bed.handler.connections["mallory"]
+        ask = bytes(m.GlobalRequest("nonsense@example.com", True))
+        sent = 0
+        while True:
+            # A batch that cannot be written within seconds: the server stopped reading.
+            with trio.move_on_after(3) as stuck:
+                await peer.send_message(*[ask] * 2000)
+                sent += 2000
+            if stuck.cancelled_caught or sent >= 2_000_000:
+                break
+        assert stuck.cancelled_caught, "the server read two million requests unanswered"
+        # Its own queue of replies stays within the reader's bound and one read's worth.
+        assert server_side._core.bytes_to_send <= 1 << 20
+        await bed.witness_works()

@@ -289,7 +289,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                 return
             self._eof_sent = True
             self._conn.core_send(ev.ChannelEOF(channel=self.channel))
-            await self._conn.flush()
+            self._conn.post()
 
     async def aclose(self) -> None:
         if not self._closed_by_us:
@@ -316,8 +316,9 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         self._conn.core_send(
             ev.ChannelRequest(channel=self.channel, request=request, want_reply=want_reply)
         )
-        await self._conn.flush()
+        self._conn.post()  # written in order; a reply, if wanted, is what we wait for
         if waiter is None:
+            await trio.lowlevel.checkpoint()
             return True
         await waiter.wait()
         return self._reply_results.pop(id(waiter), False)
@@ -344,7 +345,8 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         if self._closed_by_us:
             return
         self._conn.core_send(ev.ChannelRequestReply(channel=self.channel, ok=ok))
-        await self._conn.flush()
+        self._conn.post()
+        await trio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:
         """Wait until the peer closed the channel (or the connection ended)."""

@@ -53,6 +53,11 @@ LINGER = 1.0
 #: Bytes asked of the transport per read; large enough for a batch of packets.
 RECEIVE_SIZE = 256 * 1024
 
+#: The reader hands its replies to the flusher and reads on; it waits for them to be
+#: written only when this much is queued (a peer that does not read cannot make us
+#: buffer without bound).
+PUMP_BACKLOG = 256 * 1024
+
 ChannelHandler = Callable[[ChannelStream], Awaitable[None]]
 
 
@@ -202,6 +207,21 @@ class SSHConnection:
         """Ask the flusher task to send what is queued (never blocks the caller)."""
         self._flush_wanted.set()
 
+    def post(self) -> None:
+        """Hand what is queued to the flusher without waiting for the write.
+
+        For messages whose sender waits for the peer's answer anyway (a channel
+        open, a request with a reply) or needs no word that they were written (a
+        reply, EOF): they go out in order with everything else, and the sender
+        skips a round trip through the flusher.
+
+        Raises:
+            trio.BrokenResourceError: the connection is gone.
+        """
+        if self.error is not None:
+            raise trio.BrokenResourceError("SSH connection is gone") from self.error
+        self._flush_wanted.set()
+
     # --- the pump -----------------------------------------------------------------
 
     async def _flusher(self) -> None:
@@ -225,10 +245,19 @@ class SSHConnection:
         core = self._core
         quickack = _quickack_for(self.stream)
         try:
+            # Our version line and KEXINIT are on the wire before we read anything.
+            await self.flush()
             while True:
                 while (event := core.next_event()) is not None:
                     await self._dispatch(event)
-                await self.flush()
+                # Waking the flusher is enough: waiting for the write would cost this
+                # task a round through the scheduler per batch of packets read.
+                if core.bytes_to_send > PUMP_BACKLOG or core.closed:
+                    await self.flush()
+                elif self.error is not None:
+                    raise trio.BrokenResourceError("SSH connection is gone") from self.error
+                elif core.has_data_to_send:
+                    self.flush_soon()
                 if core.closed:
                     # A DISCONNECT may have been queued (by disconnect()) while we
                     # were flushing: deliver it before the nursery is cancelled.
@@ -546,9 +575,10 @@ class SSHConnection:
             raise AssertionError("unreachable") from None
 
     async def send_event(self, event: ev.Event) -> None:
-        """Queue one event on the core and flush it (for authentication and tests)."""
+        """Queue one event on the core and have it sent (for authentication and tests)."""
         self.core_send(event)
-        await self.flush()
+        self.post()
+        await trio.lowlevel.checkpoint()
 
     def publickey_data_to_sign(self, username: str, algorithm: str, public_key: bytes) -> bytes:
         return self._core.publickey_data_to_sign(username, algorithm, public_key)
@@ -568,7 +598,7 @@ class SSHConnection:
         self._opening[channel] = (done, box)
         self._channels[channel] = chan
         self.core_send(ev.ChannelOpen(channel=channel, kind=kind, **fields))
-        await self.flush()
+        self.post()
         await done.wait()
         result = box[0]
         if isinstance(result, ev.ChannelOpenFailure):
@@ -593,8 +623,9 @@ class SSHConnection:
         if want_reply:
             self._global_replies.append((done, box))
         self.core_send(ev.GlobalRequest(request=request, want_reply=want_reply))
-        await self.flush()
+        self.post()
         if not want_reply:
+            await trio.lowlevel.checkpoint()
             return None
         await done.wait()
         if isinstance(box[0], BaseException):

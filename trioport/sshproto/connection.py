@@ -183,6 +183,11 @@ class Connection:
         """Whether :meth:`data_to_send` would return anything (cheap to ask)."""
         return self._transport.has_data_to_send
 
+    @property
+    def bytes_to_send(self) -> int:
+        """How many bytes :meth:`data_to_send` would return (cheap to ask)."""
+        return self._transport.bytes_to_send
+
     def next_event(self) -> ev.Event | None:
         """The next event, or None when more data is needed (or the connection ended).
 

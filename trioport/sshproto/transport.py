@@ -177,6 +177,11 @@ class Transport:
         """Whether anything is queued for the wire."""
         return bool(self._out)
 
+    @property
+    def bytes_to_send(self) -> int:
+        """How many bytes are queued for the wire."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Everything queued for the wire; the queue is then empty."""
         return bytes(self._out.take())
