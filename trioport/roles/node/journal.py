@@ -11,9 +11,10 @@ recording kept and flagged interrupted (``POST /v1/recordings/<sid>/interrupted`
 rather than left as an unfinished upload. The file goes only once all three
 were delivered, so a second crash during recovery repeats it.
 
-The files are a few hundred bytes, written and removed synchronously: the
-bookkeeping at a session's end runs even while its task is being cancelled, where
-no thread can be awaited.
+The files are a few hundred bytes, written and removed in a worker thread (file
+I/O stays off the event loop); the session's bookkeeping awaits them shielded from
+cancellation, so an entry is never left behind by a session cancelled mid-write.
+Reading the leftovers happens once, at start-up, before the node serves.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+import trio
 
 from trioport.authclient import AuthClient
 from trioport.errors import AlreadyExists, NotFound
@@ -47,19 +50,28 @@ class SessionJournal:
     def _path(self, sid: str) -> pathlib.Path:
         return self.directory / f"{check_session_id(sid)}.json"
 
-    def started(self, session: Session, end_fields: Mapping[str, Any]) -> None:
+    async def started(self, session: Session, end_fields: Mapping[str, Any]) -> None:
         """Note a session that began; ``end_fields`` go into its ``session.end``."""
-        doc = {"session": to_dict(session), "end": dict(end_fields)}
+        sid = session.metadata.name
+        text = json.dumps({"session": to_dict(session), "end": dict(end_fields)})
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._write, sid, text)
+
+    def _write(self, sid: str, text: str) -> None:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self._path(session.metadata.name).with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
-            tmp.replace(self._path(session.metadata.name))
+            tmp = self._path(sid).with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self._path(sid))
         except OSError as exc:  # the session goes on; only crash recovery is lost
-            log.warning("cannot journal session %s: %s", session.metadata.name, exc)
+            log.warning("cannot journal session %s: %s", sid, exc)
 
-    def ended(self, sid: str) -> None:
+    async def ended(self, sid: str) -> None:
         """Forget a session that ended (or was recovered)."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._remove, sid)
+
+    def _remove(self, sid: str) -> None:
         try:
             self._path(sid).unlink(missing_ok=True)
         except OSError as exc:
@@ -105,7 +117,7 @@ def recover(journal: SessionJournal, reporter: Reporter, *, now: Any) -> int:
                 await client.call("POST", f"/v1/recordings/{sid}/interrupted")
             except (NotFound, AlreadyExists):
                 pass  # nothing was uploaded, or it was finished after all
-            journal.ended(sid)
+            await journal.ended(sid)
 
         log.warning("session %s was cut short when this node last stopped; closing it", sid)
         reporter.submit(f"interrupted session {sid}", close)

@@ -363,7 +363,7 @@ async def run_session(
     node.registry.add(session)
     node.reporter.put_session(session.resource())
     if node.journal is not None:
-        node.journal.started(
+        await node.journal.started(
             session.resource(),
             {
                 **_audit(login, session, node),
@@ -409,7 +409,8 @@ async def run_session(
                 )
             nursery.cancel_scope.cancel()
     finally:
-        _end(node, login, session, command)
+        with trio.CancelScope(shield=True):  # the session's end is told even when cancelled
+            await _end(node, login, session, command)
 
 
 async def _hang_up(chan: ChannelStream, scope: trio.CancelScope) -> None:
@@ -483,8 +484,10 @@ async def _refresh(node: NodeContext, session: ActiveSession) -> None:
         node.reporter.put_session(session.resource())
 
 
-def _end(node: NodeContext, login: Login, session: ActiveSession, command: str | None) -> None:
-    """Close the books on a session (synchronous: runs even when cancelled)."""
+async def _end(
+    node: NodeContext, login: Login, session: ActiveSession, command: str | None
+) -> None:
+    """Close the books on a session (the caller shields it: it runs even when cancelled)."""
     if session.recording is not None:
         session.recording.finish()
     session.ended.set()
@@ -515,7 +518,7 @@ def _end(node: NodeContext, login: Login, session: ActiveSession, command: str |
         )
     node.reporter.put_session(session.resource(state="ended"))
     if node.journal is not None:
-        node.journal.ended(session.sid)
+        await node.journal.ended(session.sid)
 
 
 async def _join(node: NodeContext, chan: ChannelStream, joiner: Login, sid: str) -> None:
