@@ -32,6 +32,7 @@ from collections.abc import Callable
 import trio
 
 from trioport.errors import DisconnectReason
+from trioport.ssh.prefixed import PrefixedStream
 from trioport.sshproto.wire import byte, string, uint32
 
 from . import proxyline
@@ -63,7 +64,7 @@ def disconnect_packet(
     return uint32(len(body)) + body
 
 
-class ProxiedStream(trio.abc.HalfCloseableStream):
+class ProxiedStream(PrefixedStream):
     """A node connection that may start with a proxy line (see the module).
 
     Args:
@@ -80,14 +81,11 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
         verify: Callable[[bytes], str],
         on_refused: Callable[[str, str], object] | None = None,
     ) -> None:
-        self.stream = stream
+        super().__init__(stream)  # the bytes read past a proxy line are the prefix
         self._on_refused = on_refused
-        #: The socket (for the peer address the server's limits count).
-        self.socket = getattr(stream, "socket", None)
         self._verify = verify
         #: The client's address from an accepted proxy line (None: none was sent).
         self.client_addr: str | None = None
-        self._pending = b""
         self._checked = False
         self._refused: str | None = None
         self._send_lock = trio.Lock()
@@ -96,28 +94,28 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
         """Add what arrives to the pending bytes; False at EOF. Kept in the object,
         so a read cancelled half-way (the SSH driver's timers) loses nothing."""
         data = await self.stream.receive_some(_READ)
-        self._pending += data
+        self._prefix += data
         return bool(data)
 
     async def _check(self) -> None:
         magic = proxyline.MAGIC
-        while len(self._pending) < len(magic) and magic.startswith(self._pending):
+        while len(self._prefix) < len(magic) and magic.startswith(self._prefix):
             if not await self._read_more():
                 break
-        if not self._pending.startswith(magic):
+        if not self._prefix.startswith(magic):
             self._checked = True
             return
-        while b"\n" not in self._pending[: proxyline.MAX_LINE]:
-            if len(self._pending) >= proxyline.MAX_LINE:
+        while b"\n" not in self._prefix[: proxyline.MAX_LINE]:
+            if len(self._prefix) >= proxyline.MAX_LINE:
                 await self._refuse(f"the proxy line is longer than {proxyline.MAX_LINE} bytes")
             if not await self._read_more():
                 await self._refuse("the connection ended inside the proxy line")
-        end = self._pending.index(b"\n") + 1
+        end = self._prefix.index(b"\n") + 1
         try:
-            self.client_addr = self._verify(self._pending[:end])
+            self.client_addr = self._verify(self._prefix[:end])
         except proxyline.ProxyLineRefused as exc:
             await self._refuse(str(exc))
-        self._pending = self._pending[end:]
+        self._prefix = self._prefix[end:]
         self._checked = True
 
     async def _refuse(self, reason: str) -> None:
@@ -140,24 +138,11 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(self._refused)
         if not self._checked:
             await self._check()
-        if self._pending:
-            size = len(self._pending) if max_bytes is None else max_bytes
-            data, self._pending = self._pending[:size], self._pending[size:]
-            return data
-        return await self.stream.receive_some(max_bytes)
+        return await super().receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        async with self._send_lock:
+        async with self._send_lock:  # never interleaved with a refusal's DISCONNECT
             await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 def _peer(sock: object) -> str:

@@ -19,6 +19,7 @@ import trio
 
 from trioport.errors import TrioportError
 from trioport.roles.node import proxyline
+from trioport.ssh.prefixed import PrefixedStream
 from trioport.sshproto.keys import PrivateKey
 
 from .router import Route
@@ -33,34 +34,6 @@ IDENT_MAX = 255
 
 class DialFailed(TrioportError):
     """The node did not accept the proxy's connection, or did not greet it."""
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A stream whose first bytes were already read (they are returned first)."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 def os_reason(exc: BaseException) -> str:
