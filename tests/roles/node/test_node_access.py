@@ -25,6 +25,10 @@ def _role(name: str, logins: list[str], labels: dict[str, list[str]], **options:
     )
 
 
+#: OpenSSH's default log level, at which it prints USERAUTH_BANNER messages.
+SHOW_BANNER = {"LogLevel": "INFO"}
+
+
 async def _auth_failures(cluster: Cluster) -> list[dict]:
     return await cluster.admin_call(lambda c: c.search_events(events=["auth"]))
 
@@ -38,9 +42,13 @@ async def test_login_the_roles_do_not_allow_on_this_node_is_refused(cluster: Clu
     # Her certificate names the login (some node allows it) ...
     assert BOB_LOGIN in alice.certificate.principals
     # ... but not on a node labelled env=test.
-    refused = await run_ssh(ssh_argv(alice, node, BOB_LOGIN, "true"))
+    # At LogLevel INFO (its default) OpenSSH prints the node's banner.
+    refused = await run_ssh(ssh_argv(alice, node, BOB_LOGIN, "true", options=SHOW_BANNER))
     assert refused.returncode == 255
     assert b"Permission denied" in refused.stderr
+    # OpenSSH prints the node's banner: which login was refused, and why.
+    assert f"trioport: {BOB_LOGIN}@".encode() in refused.stderr
+    assert b"no role allows login" in refused.stderr
     allowed = await run_ssh(ssh_argv(alice, node, ALICE_LOGIN, "echo in"))
     assert allowed.stdout == b"in\n"
 
@@ -58,9 +66,10 @@ async def test_login_outside_the_certificate_principals_is_refused(cluster: Clus
     node = await cluster.start_node()
     await cluster.add_user("alice", [ALICE_LOGIN])
     alice = await cluster.login("alice")
-    refused = await run_ssh(ssh_argv(alice, node, BOB_LOGIN, "true"))
+    refused = await run_ssh(ssh_argv(alice, node, BOB_LOGIN, "true", options=SHOW_BANNER))
     assert refused.returncode == 255
     assert b"Permission denied" in refused.stderr
+    assert b"principal" in refused.stderr  # the banner says why
 
     async def refusal() -> list[dict]:
         return [e for e in await _auth_failures(cluster) if e.get("login") == BOB_LOGIN]

@@ -31,6 +31,7 @@ audit event through the sink this handler gives it (:mod:`.sftp_audit`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from trioport.errors import (
     ChannelOpenFailureReason,
     DecodeError,
     DisconnectReason,
+    TrioportError,
 )
 from trioport.roles.auth import audit_log
 from trioport.ssh import ChannelStream, SSHConnection, SSHHandler
@@ -115,11 +117,11 @@ class NodeSSHHandler(SSHHandler):
                     f"the certificate is for cluster {result.cluster!r}, not {node.cluster_name!r}"
                 )
         except (CertificateInvalid, AuthenticationFailed) as exc:
-            self._refuse(key.key_id, request.username, remote, local, str(exc))
+            self._refuse(conn, key.key_id, request.username, remote, local, str(exc))
             return False
         decision = await node.access.check(key.key_id, request.username, node.labels())
         if not decision:
-            self._refuse(key.key_id, request.username, remote, local, decision.reason)
+            self._refuse(conn, key.key_id, request.username, remote, local, decision.reason)
             return False
         login = Login(
             user=key.key_id,
@@ -164,8 +166,16 @@ class NodeSSHHandler(SSHHandler):
             return False
         return True
 
-    def _refuse(self, user: str, login: str, remote: str, local: str, reason: str) -> None:
+    def _refuse(
+        self, conn: SSHConnection, user: str, login: str, remote: str, local: str, reason: str
+    ) -> None:
+        """Audit a refused login and tell the client why, in a banner ahead of the
+        failure: the request was signed by the certificate's key, so its holder
+        learns only about their own certificate and roles (OpenSSH prints it)."""
         log.info("refused %r as %r from %s: %s", user[:64], login[:64], remote, reason)
+        with contextlib.suppress(TrioportError, trio.BrokenResourceError):
+            where = f"{login[:64]}@{self.node.hostname}"
+            conn.core_send(ev.UserauthBanner(message=f"trioport: {where}: {reason}\r\n"))
         self.node.reporter.emit(
             audit_log.AUTH_ATTEMPT_FAILURE,
             user=user,
