@@ -27,9 +27,9 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
+            await trio.lowlevel.checkpoint()  # before taking: a cancelled read loses nothing
             size = len(self._prefix) if max_bytes is None else max_bytes
             data, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
             return data
         return await self.stream.receive_some(max_bytes)
 
