@@ -400,10 +400,18 @@ async def test_our_client_gets_puts_and_lists(sftp_server, user_key, area) -> No
     ):
         assert client.limits.max_read_length == sftp.MAX_READ
         assert await client.realpath(".") == os.fsencode(area.home)
-        assert await client.put(area.local / "mine.bin", "mine.bin") == len(data)
+        # Progress is told piece by piece, as each write is confirmed or each read lands.
+        sent: list[int] = []
+        assert await client.put(area.local / "mine.bin", "mine.bin", on_bytes=sent.append) == len(
+            data
+        )
         assert (area.home / "mine.bin").read_bytes() == data
-        assert await client.get("mine.bin", area.local / "again.bin") == len(data)
+        assert sum(sent) == len(data) and len(sent) > 1
+        received: list[int] = []
+        got = await client.get("mine.bin", area.local / "again.bin", on_bytes=received.append)
+        assert got == len(data)
         assert (area.local / "again.bin").read_bytes() == data
+        assert sum(received) == len(data) and len(received) > 1
         await client.mkdir("d")
         await client.symlink("../mine.bin", "d/l")
         assert await client.readlink("d/l") == b"../mine.bin"

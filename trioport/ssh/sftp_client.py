@@ -226,8 +226,16 @@ class SFTPClient:
     def _chunk(self, limit: int) -> int:
         return min(CHUNK, limit or CHUNK, sftp.MAX_READ)
 
-    async def get(self, remote: bytes | str, local: str | os.PathLike[str]) -> int:
+    async def get(
+        self,
+        remote: bytes | str,
+        local: str | os.PathLike[str],
+        *,
+        on_bytes: Callable[[int], object] | None = None,
+    ) -> int:
         """Download ``remote`` to ``local``; returns the number of bytes.
+
+        ``on_bytes`` hears the size of each piece once it is written locally.
 
         Raises:
             SFTPError: the server refused to open or read the file.
@@ -260,6 +268,8 @@ class SFTPClient:
                     data = reply.data  # type: ignore[union-attr]
                     await trio.to_thread.run_sync(os.pwrite, fd, data, pos)
                     pos += len(data)
+                    if on_bytes is not None:
+                        on_bytes(len(data))
 
         try:
             await _run_workers(worker)
@@ -270,8 +280,16 @@ class SFTPClient:
             await self._close(handle, r)
         return size
 
-    async def put(self, local: str | os.PathLike[str], remote: bytes | str) -> int:
+    async def put(
+        self,
+        local: str | os.PathLike[str],
+        remote: bytes | str,
+        *,
+        on_bytes: Callable[[int], object] | None = None,
+    ) -> int:
         """Upload ``local`` to ``remote`` (created or truncated); returns the bytes sent.
+
+        ``on_bytes`` hears the size of each piece once the server confirmed its write.
 
         Raises:
             SFTPError: the server refused to create or write the file.
@@ -293,6 +311,8 @@ class SFTPClient:
                     state["next"] += chunk
                     data = await trio.to_thread.run_sync(os.pread, fd, chunk, offset)
                     await self._status(lambda i, at=offset, d=data: sftp.Write(i, handle, at, d), r)
+                    if on_bytes is not None:
+                        on_bytes(len(data))
 
             try:
                 await _run_workers(worker)

@@ -15,10 +15,9 @@ are followed on upload and copied as what they point to on download, as scp does
 
 Progress: a ``progress`` callback hears about each file when it starts, every
 :data:`PROGRESS_INTERVAL` seconds while it is copied, and when it is done. The
-bytes so far are the highest offset written at the far end (the remote file's
-size on upload, the local one's on download): with several reads or writes in
-flight that is a close estimate, and exact at the end. :func:`format_progress`
-makes the line ``tsh scp`` shows on a terminal.
+bytes so far are those already landed: each write the node confirmed on upload,
+each read written to the local file on download. :func:`format_progress` makes
+the line ``tsh scp`` shows on a terminal.
 """
 
 from __future__ import annotations
@@ -140,10 +139,9 @@ async def _upload_one(
     if not stat.S_ISREG(info.st_mode):
         raise TransferError(f"{source}: not a regular file")
 
-    async def remote_size() -> int:
-        return (await sftp.stat(dest)).size or 0
-
-    size = await _watched(lambda: sftp.put(source, dest), dest, info.st_size, remote_size, progress)
+    size = await _watched(
+        lambda on_bytes: sftp.put(source, dest, on_bytes=on_bytes), dest, info.st_size, progress
+    )
     await sftp.chmod(dest, info.st_mode & 0o7777)
     return size
 
@@ -198,40 +196,37 @@ async def _download_one(
     if not stat.S_ISREG(mode):
         raise TransferError(f"{source}: not a regular file on the node")
 
-    async def local_size() -> int:
-        return (await trio.Path(dest).stat()).st_size
-
     size = await _watched(
-        lambda: sftp.get(source, dest), dest, info.size or 0, local_size, progress
+        lambda on_bytes: sftp.get(source, dest, on_bytes=on_bytes), dest, info.size or 0, progress
     )
     await trio.to_thread.run_sync(os.chmod, dest, mode & 0o7777)
     return size
 
 
 async def _watched(
-    copy: Callable[[], Awaitable[int]],
+    copy: Callable[[Callable[[int], object] | None], Awaitable[int]],
     path: str,
     total: int,
-    probe: Callable[[], Awaitable[int]],
     progress: Progress | None,
 ) -> int:
-    """Run ``copy``, reporting to ``progress`` what ``probe`` says has arrived."""
+    """Run ``copy`` (given a callback for the bytes landed), reporting to ``progress``."""
     if progress is None:
-        return await copy()
+        return await copy(None)
     progress(path, 0, total, False)
+    landed = 0
+
+    def count(n: int) -> None:
+        nonlocal landed
+        landed += n
 
     async def watch() -> None:
         while True:
             await trio.sleep(PROGRESS_INTERVAL)
-            try:
-                done = await probe()
-            except (SFTPError, OSError):
-                continue
-            progress(path, min(done, total), total, False)
+            progress(path, min(landed, total), total, False)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        size = await copy()
+        size = await copy(count)
         nursery.cancel_scope.cancel()
     progress(path, size, size, True)
     return size
