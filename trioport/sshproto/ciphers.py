@@ -186,9 +186,17 @@ def _unpad(plain: bytes | memoryview, length: int, offset: int) -> bytes:
     return bytes(plain[offset + 1 : offset + length - pad])
 
 
-def _check_size(payload_size: int, length: int) -> None:
+def _frame(payload_size: int, block: int, aligned_extra: int) -> tuple[int, int]:
+    """``(padding_length, packet_length)`` for a payload of ``payload_size`` bytes.
+
+    Raises:
+        LocalProtocolError: the packet would exceed :data:`MAX_PACKET_SIZE`.
+    """
+    pad = _padding_length(payload_size, block, aligned_extra)
+    length = 1 + payload_size + pad
     if length > MAX_PACKET_SIZE:
         raise LocalProtocolError(f"payload of {payload_size} bytes exceeds the packet size limit")
+    return pad, length
 
 
 Buffer = bytes | bytearray | memoryview
@@ -325,10 +333,7 @@ class _NoProtection(PacketProtection):
     def seal_into(
         self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
     ) -> int:
-        size = len(head) + len(body)
-        pad = _padding_length(size, 8, 4)
-        length = 1 + size + pad
-        _check_size(size, length)
+        pad, length = _frame(len(head) + len(body), 8, 4)
         total = 4 + length
         view = out.reserve(total)
         _U32.pack_into(view, 0, length)
@@ -375,10 +380,7 @@ class _CtrHmac(PacketProtection):
     def seal_into(
         self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
     ) -> int:
-        size = len(head) + len(body)
-        pad = _padding_length(size, 16, 0 if self._etm else 4)
-        length = 1 + size + pad
-        _check_size(size, length)
+        pad, length = _frame(len(head) + len(body), 16, 0 if self._etm else 4)
         end = 4 + length
         total = end + self.mac_size
         view = out.reserve(total)
@@ -451,10 +453,7 @@ class _AesGcm(PacketProtection):
     def seal_into(
         self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
     ) -> int:
-        size = len(head) + len(body)
-        pad = _padding_length(size, 16, 0)
-        length = 1 + size + pad
-        _check_size(size, length)
+        pad, length = _frame(len(head) + len(body), 16, 0)
         total = 4 + length + 16
         # The AEAD call wants the plaintext in one piece: assemble it just past the
         # packet (reserved, never committed), then encrypt into the packet itself.
@@ -518,10 +517,7 @@ class _ChaChaPoly(PacketProtection):
     def seal_into(
         self, seqnr: int, head: Buffer, body: Buffer, rng: Callable[[int], bytes], out: SendQueue
     ) -> int:
-        size = len(head) + len(body)
-        pad = _padding_length(size, 8, 0)
-        length = 1 + size + pad
-        _check_size(size, length)
+        pad, length = _frame(len(head) + len(body), 8, 0)
         end = 4 + length
         total = end + 16
         view = out.reserve(total)
