@@ -12,14 +12,13 @@ names the user's address, not the proxy's.
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from pathlib import Path
 
 import trio
 
 from tests.roles.proxy.cluster import LOGIN, Cluster, open_cluster
-from tests.roles.proxy.test_auth_outage import SSH, openssh_files
+from tests.roles.proxy.test_auth_outage import openssh_files, ssh
 from trioport.authclient import ClientIdentity
 from trioport.errors import DisconnectReason
 from trioport.roles.node import proxyline
@@ -223,15 +222,6 @@ async def test_openssh_direct_is_plain_ssh_and_through_the_proxy_the_node_sees_t
             # reaches the node from 127.0.0.1.
             config.write_text(config.read_text() + "  BindAddress 127.0.0.2\n")
 
-            async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
-                return await trio.run_process(
-                    [SSH, "-F", str(config), *args],
-                    stdin=subprocess.DEVNULL,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                )
-
             # A client that waits for the server to speak first is served as before.
             scan = await trio.run_process(
                 ["/usr/bin/ssh-keyscan", "-c", "-p", str(node.addr.port), "127.0.0.1"],
@@ -240,10 +230,12 @@ async def test_openssh_direct_is_plain_ssh_and_through_the_proxy_the_node_sees_t
                 check=False,
             )
             assert b"ssh-ed25519-cert-v01@openssh.com" in scan.stdout, scan.stderr.decode()
-            direct = await run("-p", str(node.addr.port), f"{LOGIN}@127.0.0.1", "echo direct")
+            direct = await ssh(
+                config, "-p", str(node.addr.port), f"{LOGIN}@127.0.0.1", "echo direct"
+            )
             assert direct.stdout == b"direct\n", direct.stderr.decode()
             jump = f"bob@127.0.0.1:{cluster.ssh_addr.port}"
-            via = await run("-J", jump, f"{LOGIN}@node1.{cluster.name}", "echo via proxy")
+            via = await ssh(config, "-J", jump, f"{LOGIN}@node1.{cluster.name}", "echo via proxy")
             assert via.stdout == b"via proxy\n", via.stderr.decode()
             events = await session_starts(cluster, 2)
             remotes = sorted(str(e["addr.remote"]).rpartition(":")[0] for e in events)

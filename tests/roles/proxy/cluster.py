@@ -37,6 +37,7 @@ from trioport.resources import Metadata, Node, NodeSpec, Role, from_dict
 from trioport.roles.auth.service import serve as serve_auth
 from trioport.roles.node.service import serve as serve_node
 from trioport.roles.node.sftp_server import serve_sftp
+from trioport.roles.proxy import client as pc
 from trioport.roles.proxy.service import ProxyAddresses
 from trioport.roles.proxy.service import serve as serve_proxy
 from trioport.ssh import serve as serve_ssh
@@ -45,6 +46,7 @@ from trioport.ssh.trust import UserCertificateChecker, UserCertificateHandler
 from trioport.sshproto import ConnectionConfig, HostKey
 from trioport.sshproto import Role as SSHRole
 from trioport.sshproto.keys import PrivateKey, public_key_from_line
+from trioport.tls import client_context
 
 CLUSTER = "example.test"
 PASSWORD = "correct horse battery staple"
@@ -151,6 +153,23 @@ class Cluster:
         user = ClusterUser(name, PASSWORD, totp, logins)
         self.users[name] = user
         return user
+
+    async def https_login(self, name: str, key: PrivateKey) -> dict[str, Any]:
+        """Log ``name`` in over the proxy's HTTPS port for ``key`` (what ``tsh login``
+        does); the reply holds her certificate and the host CA lines."""
+        user = self.users[name]
+        code = await user.totp.code()
+        ctx = client_context(cafile=self.https_cert)
+        return await trio.to_thread.run_sync(
+            lambda: pc.login(
+                self.web_addr,
+                ctx,
+                user=name,
+                password=user.password,
+                totp_code=code,
+                public_key=key.public,
+            )
+        )
 
     async def add_node(self, name: str, labels: Mapping[str, str] | None = None) -> ClusterNode:
         """Start a node with the node service, registered and heartbeating."""

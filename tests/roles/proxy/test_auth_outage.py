@@ -29,10 +29,8 @@ from trioport.authclient import ClientIdentity, connect_auth
 from trioport.config import Address, loads_config
 from trioport.diag import HEALTH, Health
 from trioport.roles.auth.service import serve as serve_auth
-from trioport.roles.proxy import client as pc
 from trioport.roles.proxy.service import serve as serve_proxy
 from trioport.sshproto.keys import PrivateKey
-from trioport.tls import client_context
 
 SSH = "/usr/bin/ssh"
 #: The proxy's stale_seconds in this test (its cache clock jumps past it).
@@ -120,21 +118,8 @@ proxy_service:
 async def openssh_files(cluster: Cluster, name: str, folder: Path) -> Path:
     """Log ``name`` in through the proxy's HTTPS port; an ssh_config using her
     key, certificate and the cluster's host CA."""
-    user = cluster.users[name]
     key = PrivateKey.generate()
-    code = await user.totp.code()
-    ctx = client_context(cafile=cluster.https_cert)
-    reply = await trio.to_thread.run_sync(
-        lambda: pc.login(
-            cluster.web_addr,
-            ctx,
-            user=name,
-            password=user.password,
-            totp_code=code,
-            public_key=key.public,
-        )
-    )
-    return write_openssh_files(folder, key, reply)
+    return write_openssh_files(folder, key, await cluster.https_login(name, key))
 
 
 def write_openssh_files(folder: Path, key: PrivateKey, reply: dict[str, Any]) -> Path:

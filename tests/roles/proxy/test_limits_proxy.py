@@ -80,18 +80,7 @@ async def _closed_because(conn: SSHConnection) -> str:
 async def _login_as(cluster: Cluster, user: ClusterUser) -> Login:
     """Log ``user`` in through the cluster's proxy (what ``tsh login`` does)."""
     key = PrivateKey.generate()
-    code = await user.totp.code()
-    ctx = client_context(cafile=cluster.https_cert)
-    reply = await trio.to_thread.run_sync(
-        lambda: pc.login(
-            cluster.web_addr,
-            ctx,
-            user=user.name,
-            password=user.password,
-            totp_code=code,
-            public_key=key.public,
-        )
-    )
+    reply = await cluster.https_login(user.name, key)
     cert = public_key_from_line(reply["cert"])
     return Login(
         [KeySigner(key, certificate=cert.blob)],

@@ -33,7 +33,6 @@ from trioport.sshproto.certs import (
     trioport_extensions,
 )
 from trioport.sshproto.keys import PrivateKey, PublicKey, parse_public_key, public_key_from_line
-from trioport.tls import client_context
 
 CLUSTER = "example.test"
 NOW = 1_700_000_000
@@ -139,20 +138,9 @@ class Login:
 
 
 async def _login(cluster: Cluster, name: str) -> Login:
-    user = await cluster.add_user(name)
+    await cluster.add_user(name)
     key = PrivateKey.generate()
-    code = await user.totp.code()
-    ctx = client_context(cafile=cluster.https_cert)
-    reply = await trio.to_thread.run_sync(
-        lambda: pc.login(
-            cluster.web_addr,
-            ctx,
-            user=name,
-            password=user.password,
-            totp_code=code,
-            public_key=key.public,
-        )
-    )
+    reply = await cluster.https_login(name, key)
     cert = public_key_from_line(reply["cert"])
     return Login(
         [KeySigner(key, certificate=cert.blob)],
