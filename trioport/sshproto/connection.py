@@ -320,13 +320,12 @@ class Connection:
                 "service not available", DisconnectReason.SERVICE_NOT_AVAILABLE
             )
         self._state = TransportState.USERAUTH
+        # A client's requests went out behind its SERVICE_REQUEST: the accept needs
+        # nothing more than the state change.
         if isinstance(msg, m.ServiceRequest):
             self._send(m.ServiceAccept(SERVICE_USERAUTH))
             if self.config.banner is not None:
                 self._send(m.UserauthBanner(self.config.banner))
-        else:
-            assert self._client_auth is not None
-            self._client_auth.on_service_accept()
 
     def _on_userauth(self, seqnr: int, payload: bytes) -> None:
         if self._server_auth is not None:

@@ -313,7 +313,6 @@ class ClientAuth:
 
     def __init__(self, send: Callable[[m.Message], None]) -> None:
         self._send = send
-        self.accepted = False  # the server accepted the ssh-userauth service
         self.requested = False  # we asked for it: requests may follow at once
         self.success = False
         self.username: str | None = None
@@ -362,10 +361,6 @@ class ClientAuth:
         for msg in held:
             self.method = msg.method
             self._send(msg)
-
-    def on_service_accept(self) -> None:
-        """The server accepted ssh-userauth."""
-        self.accepted = True
 
     def send_info_response(self, event: ev.UserauthInfoResponse) -> None:
         """Answer keyboard-interactive prompts (RFC 4256 §3.4)."""
